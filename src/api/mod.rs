@@ -1,0 +1,43 @@
+//! The HTTP API (axum): routes, one file per area, the JSON error mapping and the extractors
+//! that parse bodies and bearer tokens. Handlers are thin: they parse, call a service, answer.
+
+mod auth;
+mod error;
+mod extract;
+mod me;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::auth::Auth;
+use crate::store::Store;
+
+/// Bodies larger than this get `413`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<Auth>,
+    pub store: Store,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/auth/otp", post(auth::request_code))
+        .route("/v1/auth/verify", post(auth::verify))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/me", get(me::get_me))
+        .route("/v1/users/lookup", get(me::lookup))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,115 @@
+//! The server's keys: the JWT signing secret (from config, or generated once and kept in the
+//! storage directory with mode 0600) and the OTP hashing key derived from it.
+
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use sha2::Sha256;
+
+use super::Claims;
+use crate::config::Secret;
+
+const SECRET_FILE: &str = "jwt_secret";
+
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    /// HMAC key for OTP hashes, derived from the JWT secret so there is one secret to keep.
+    otp_key: [u8; 32],
+}
+
+impl Keys {
+    /// The configured secret, else the one kept in `storage_dir`, else a new one kept there.
+    pub fn load(configured: Option<&Secret>, storage_dir: &Path) -> anyhow::Result<Self> {
+        let secret = match configured {
+            Some(secret) => secret.expose().as_bytes().to_vec(),
+            None => load_or_create_secret(storage_dir)?,
+        };
+        Ok(Self::from_secret(&secret))
+    }
+
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(b"tidings otp key v1");
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            otp_key: mac.finalize().into_bytes().into(),
+        }
+    }
+
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims.to_jwt(),
+            &self.encoding,
+        )
+        .expect("HS256 signing of plain claims cannot fail")
+    }
+
+    /// The claims of a token we signed that has not expired; `None` for anything else
+    /// (forged, `alg: none`, another algorithm, expired, malformed).
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        let data = jsonwebtoken::decode::<super::tokens::JwtClaims>(
+            token,
+            &self.decoding,
+            &self.validation,
+        )
+        .ok()?;
+        Claims::from_jwt(data.claims)
+    }
+
+    /// HMAC-SHA256 of a code, bound to its purpose and identity so a hash is useless elsewhere.
+    pub fn otp_hash(&self, purpose: &str, identity_key: &str, code: &str) -> [u8; 32] {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.otp_key).expect("HMAC takes keys of any length");
+        for part in [purpose, identity_key, code] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+fn load_or_create_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let secret = text.trim();
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "{} is too short to be a JWT secret",
+                path.display()
+            );
+            return Ok(secret.as_bytes().to_vec());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a JWT secret");
+    Ok(secret.into_bytes())
+}

@@ -1,0 +1,310 @@
+//! Authentication: one-time codes by SMS or email, access tokens (JWT) and sessions with
+//! rotating refresh tokens. [`Auth`] is the one service the HTTP API and the MQTT gateway ask
+//! "who is this?"; it owns the login rules of the contract (TTL, attempts, single use, resend
+//! cooldown and hourly caps, the same answer for known and unknown accounts).
+
+mod keys;
+mod otp;
+mod tokens;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use tokio::sync::broadcast;
+
+pub use keys::Keys;
+pub use tokens::Claims;
+
+use crate::config::{AuthSettings, LimitSettings};
+use crate::domain::{Identity, UserId};
+use crate::limits::{RateLimiter, Rule};
+use crate::notify::{self, EmailSender, SmsSender};
+use crate::store::{unix_now, OtpChallenge, Session, SessionId, Store, StoreError};
+
+/// What `POST /v1/auth/otp` answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CodeSent {
+    pub channel: &'static str,
+    pub expires_in: u64,
+    pub resend_after: u64,
+}
+
+/// What verify and refresh answer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tokens {
+    pub user_id: UserId,
+    pub access_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub new_user: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("too many requests; retry in {0:?}")]
+    RateLimited(Duration),
+    #[error("the code is wrong, expired or used up")]
+    InvalidCode,
+    #[error("the token is missing, expired, revoked or not ours")]
+    Unauthorized,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The purpose under which login codes are stored.
+const LOGIN: &str = "login";
+
+pub struct Auth {
+    store: Store,
+    keys: Keys,
+    settings: AuthSettings,
+    limits: LimitSettings,
+    limiter: RateLimiter,
+    sms: Arc<dyn SmsSender>,
+    email: Arc<dyn EmailSender>,
+    /// Sessions revoked by logout; the gateway closes their MQTT connections.
+    revoked: broadcast::Sender<SessionId>,
+}
+
+impl Auth {
+    pub fn new(
+        store: Store,
+        keys: Keys,
+        settings: AuthSettings,
+        limits: LimitSettings,
+        sms: Arc<dyn SmsSender>,
+        email: Arc<dyn EmailSender>,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            settings,
+            limits,
+            limiter: RateLimiter::new(),
+            sms,
+            email,
+            revoked: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Sends a login code to `identity`, whether or not it has an account.
+    pub fn request_login_code(
+        &self,
+        identity: &Identity,
+        ip: IpAddr,
+    ) -> Result<CodeSent, AuthError> {
+        self.request_code(LOGIN, identity, ip)
+    }
+
+    /// Sends a code for `purpose` (login, or adding an identity to an account), after the
+    /// resend cooldown and the hourly caps allow it. The code goes out in the background, with
+    /// retries, so the answer neither waits on the provider nor tells whether it is a known account.
+    pub fn request_code(
+        &self,
+        purpose: &str,
+        identity: &Identity,
+        ip: IpAddr,
+    ) -> Result<CodeSent, AuthError> {
+        let now = unix_now();
+        let identity_key = identity.key();
+        if self.limits.otp_resend_secs > 0 {
+            if let Some(previous) = self.store.otp(purpose, &identity_key)? {
+                let ready_at = previous.sent_at.saturating_add(self.limits.otp_resend_secs);
+                if now < ready_at {
+                    return Err(AuthError::RateLimited(Duration::from_secs(ready_at - now)));
+                }
+            }
+        }
+        let hour = Duration::from_secs(3600);
+        let ip_key = format!("otp-ip:{ip}");
+        let id_key = format!("otp-id:{identity_key}");
+        self.limiter
+            .try_acquire(&[
+                Rule {
+                    key: &id_key,
+                    max: self.limits.otp_per_identity_per_hour,
+                    window: hour,
+                },
+                Rule {
+                    key: &ip_key,
+                    max: self.limits.otp_per_ip_per_hour,
+                    window: hour,
+                },
+            ])
+            .map_err(AuthError::RateLimited)?;
+
+        let code = otp::generate();
+        let challenge = OtpChallenge {
+            code_hash: self.keys.otp_hash(purpose, &identity_key, &code),
+            expires_at: now + self.settings.otp_ttl_secs,
+            attempts: 0,
+            sent_at: now,
+        };
+        // A new code replaces the old one.
+        self.store.put_otp(purpose, &identity_key, &challenge)?;
+        self.deliver_code(identity.clone(), code);
+        Ok(CodeSent {
+            channel: identity.channel(),
+            expires_in: self.settings.otp_ttl_secs,
+            resend_after: self.limits.otp_resend_secs,
+        })
+    }
+
+    fn deliver_code(&self, identity: Identity, code: String) {
+        let minutes = self.settings.otp_ttl_secs.div_ceil(60);
+        let text =
+            format!("Your tidings code is {code}. It expires in {minutes} min. Do not share it.");
+        let sms = self.sms.clone();
+        let email = self.email.clone();
+        tokio::spawn(async move {
+            let result = notify::with_retries(4, Duration::from_secs(1), || async {
+                match &identity {
+                    Identity::Phone(phone) => sms.send(phone, &text).await,
+                    Identity::Email(address) => {
+                        email.send(address, "Your tidings code", &text).await
+                    }
+                }
+            })
+            .await;
+            // The log names the channel, never the code.
+            match result {
+                Ok(()) => tracing::debug!(channel = identity.channel(), "login code sent"),
+                Err(e) => {
+                    tracing::error!(channel = identity.channel(), error = %e, "login code not sent")
+                }
+            }
+        });
+    }
+
+    /// Checks a login code; the first success for an identity creates its account.
+    pub async fn verify_login(&self, identity: &Identity, code: &str) -> Result<Tokens, AuthError> {
+        self.check_code(LOGIN, identity, code)?;
+        let (user, new_user) = self.store.user_for_identity(identity)?;
+        let tokens = self.start_session(user.id, new_user)?;
+        self.store.durable_async().await?;
+        Ok(tokens)
+    }
+
+    /// Consumes the code for `purpose` and `identity` if `code` is it. Wrong codes count; after
+    /// `otp_max_attempts` of them, or after expiry, the code is dead, even for the right one.
+    pub fn check_code(
+        &self,
+        purpose: &str,
+        identity: &Identity,
+        code: &str,
+    ) -> Result<(), AuthError> {
+        let identity_key = identity.key();
+        let candidate = self.keys.otp_hash(purpose, &identity_key, code);
+        let now = unix_now();
+        let max_attempts = self.settings.otp_max_attempts;
+        let mut accepted = false;
+        self.store.update_otp(purpose, &identity_key, |current| {
+            accepted = false;
+            let mut challenge = current?;
+            if challenge.expires_at <= now || challenge.attempts >= max_attempts {
+                // Dead: keep it (its sent_at still drives the resend cooldown) but never match.
+                return Some(challenge);
+            }
+            if otp::hashes_equal(&challenge.code_hash, &candidate) {
+                accepted = true;
+                // Single use: spent, kept only for the cooldown.
+                challenge.attempts = max_attempts;
+                return Some(challenge);
+            }
+            challenge.attempts += 1;
+            Some(challenge)
+        })?;
+        if accepted {
+            Ok(())
+        } else {
+            Err(AuthError::InvalidCode)
+        }
+    }
+
+    fn start_session(&self, user_id: UserId, new_user: bool) -> Result<Tokens, AuthError> {
+        let now = unix_now();
+        let mut sid: SessionId = [0; 16];
+        rand::rng().fill_bytes(&mut sid);
+        let (refresh_token, refresh_hash) = tokens::new_refresh_token();
+        self.store.create_session(&Session {
+            id: sid,
+            user_id,
+            refresh_hash,
+            refresh_expires_at: now + self.settings.refresh_ttl_secs,
+            created_at: now,
+        })?;
+        Ok(self.tokens_for(user_id, sid, refresh_token, new_user, now))
+    }
+
+    fn tokens_for(
+        &self,
+        user_id: UserId,
+        sid: SessionId,
+        refresh_token: String,
+        new_user: bool,
+        now: u64,
+    ) -> Tokens {
+        let claims = Claims::new(user_id, sid, now, self.settings.access_ttl_secs);
+        Tokens {
+            user_id,
+            access_token: self.keys.sign(&claims),
+            token_type: "Bearer",
+            expires_in: self.settings.access_ttl_secs,
+            refresh_token,
+            new_user,
+        }
+    }
+
+    /// Swaps a refresh token for new tokens; the old refresh token stops working.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, AuthError> {
+        let old_hash = tokens::hash_refresh_token(refresh_token);
+        let (new_token, new_hash) = tokens::new_refresh_token();
+        let now = unix_now();
+        let session = self
+            .store
+            .rotate_refresh(
+                &old_hash,
+                new_hash,
+                now + self.settings.refresh_ttl_secs,
+                now,
+            )?
+            .ok_or(AuthError::Unauthorized)?;
+        // A session whose account is gone is no session.
+        if self.store.user(&session.user_id)?.is_none() {
+            return Err(AuthError::Unauthorized);
+        }
+        let tokens = self.tokens_for(session.user_id, session.id, new_token, false, now);
+        self.store.durable_async().await?;
+        Ok(tokens)
+    }
+
+    /// Revokes the session of `claims`: its tokens stop working, its MQTT connections close.
+    pub async fn logout(&self, claims: &Claims) -> Result<(), AuthError> {
+        self.store.delete_session(&claims.sid)?;
+        self.store.durable_async().await?;
+        // Nobody listening (no gateway yet, or no connection) is fine.
+        let _ = self.revoked.send(claims.sid);
+        Ok(())
+    }
+
+    /// Verifies an access token: signature (HS256 only), expiry, and that its session is live.
+    /// Called on every HTTP request and every MQTT CONNECT.
+    pub fn authenticate(&self, access_token: &str) -> Result<Claims, AuthError> {
+        let claims = self
+            .keys
+            .verify(access_token)
+            .ok_or(AuthError::Unauthorized)?;
+        match self.store.session(&claims.sid)? {
+            Some(session) if session.user_id == claims.user_id => Ok(claims),
+            _ => Err(AuthError::Unauthorized),
+        }
+    }
+
+    /// Sessions revoked from now on, as they are revoked.
+    pub fn revocations(&self) -> broadcast::Receiver<SessionId> {
+        self.revoked.subscribe()
+    }
+}

@@ -1,0 +1,12 @@
+//! Domain types: every input from outside is parsed into one of these once, at the edge, and
+//! trusted after. A value of these types is valid by construction.
+
+mod email;
+mod identity;
+mod phone;
+mod user_id;
+
+pub use email::Email;
+pub use identity::Identity;
+pub use phone::PhoneNumber;
+pub use user_id::UserId;

@@ -1,0 +1,24 @@
+//! tidings: a backend for private 1:1 chat apps. Users log in with a one-time code sent by SMS
+//! or email, then send and receive messages over MQTT; history is kept in sled.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed settings from `broker.toml` and `TIDINGS_*` environment variables.
+//! - [`startup`]: `Application`, which binds everything, runs, and shuts down in order.
+//! - [`domain`]: `PhoneNumber`, `Email`, `UserId`, `Identity`: inputs parsed once, trusted after.
+//! - [`auth`]: one-time codes, access tokens (JWT), sessions and refresh rotation.
+//! - [`store`]: the only code that knows sled; durability (flush + fdatasync).
+//! - [`api`]: the HTTP API (axum), its error mapping and extractors.
+//! - [`notify`]: SMS and email providers (`console`, `twilio`, `smtp`).
+//! - [`limits`]: in-memory sliding-window rate limits.
+//!
+//! The external contract (HTTP, MQTT, config) is documented in `README.md` and `topics.md`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod limits;
+pub mod notify;
+pub mod startup;
+pub mod store;

@@ -1,0 +1,137 @@
+//! In-memory sliding-window rate limits (login codes per IP and per identity, sends per user).
+//! Counters live in memory: a restart forgets them, which errs on the side of letting users in.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One limit to check: at most `max` events per `window` for `key`. `max == 0` is no limit.
+pub struct Rule<'a> {
+    pub key: &'a str,
+    pub max: u32,
+    pub window: Duration,
+}
+
+#[derive(Default)]
+pub struct RateLimiter {
+    events: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+/// Keys kept before a sweep drops the ones whose events are all old.
+const SWEEP_AT: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one event under every rule if all of them allow it; otherwise records nothing
+    /// and returns how long until the tightest rule allows one again.
+    pub fn try_acquire(&self, rules: &[Rule<'_>]) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut events = self
+            .events
+            .lock()
+            .expect("rate limiter lock is never poisoned");
+        if events.len() > SWEEP_AT {
+            // Windows here are at most an hour.
+            events.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(3600))
+            });
+        }
+        let mut wait = Duration::ZERO;
+        for rule in rules.iter().filter(|r| r.max > 0) {
+            let Some(queue) = events.get_mut(rule.key) else {
+                continue;
+            };
+            while queue
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= rule.window)
+            {
+                queue.pop_front();
+            }
+            if queue.len() >= rule.max as usize {
+                let oldest = queue[queue.len() - rule.max as usize];
+                wait = wait.max(rule.window.saturating_sub(now.duration_since(oldest)));
+            }
+        }
+        if !wait.is_zero() {
+            return Err(wait);
+        }
+        for rule in rules.iter().filter(|r| r.max > 0) {
+            let queue = events.entry(rule.key.to_owned()).or_default();
+            queue.push_back(now);
+            // Only the newest `max` matter for the check above.
+            while queue.len() > rule.max as usize {
+                queue.pop_front();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_max_then_refuses_with_a_wait() {
+        let limiter = RateLimiter::new();
+        let rule = || {
+            [Rule {
+                key: "k",
+                max: 2,
+                window: Duration::from_secs(60),
+            }]
+        };
+        assert!(limiter.try_acquire(&rule()).is_ok());
+        assert!(limiter.try_acquire(&rule()).is_ok());
+        let wait = limiter.try_acquire(&rule()).unwrap_err();
+        assert!(wait > Duration::from_secs(58) && wait <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_refusal_records_nothing_and_zero_is_off() {
+        let limiter = RateLimiter::new();
+        let tight = Rule {
+            key: "a",
+            max: 1,
+            window: Duration::from_secs(60),
+        };
+        let loose = Rule {
+            key: "b",
+            max: 2,
+            window: Duration::from_secs(60),
+        };
+        assert!(limiter.try_acquire(&[tight, loose]).is_ok());
+        let tight = Rule {
+            key: "a",
+            max: 1,
+            window: Duration::from_secs(60),
+        };
+        let loose = Rule {
+            key: "b",
+            max: 2,
+            window: Duration::from_secs(60),
+        };
+        assert!(limiter.try_acquire(&[tight, loose]).is_err());
+        // "b" saw one event, not two.
+        assert!(limiter
+            .try_acquire(&[Rule {
+                key: "b",
+                max: 2,
+                window: Duration::from_secs(60)
+            }])
+            .is_ok());
+        for _ in 0..100 {
+            assert!(limiter
+                .try_acquire(&[Rule {
+                    key: "c",
+                    max: 0,
+                    window: Duration::from_secs(60)
+                }])
+                .is_ok());
+        }
+    }
+}

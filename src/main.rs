@@ -1,0 +1,84 @@
+//! The `tidings` binary: reads `--config`, sets up logging, runs the [`tidings::startup::Application`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tidings::config::Settings;
+use tidings::startup::{shutdown_signal, Application};
+
+const USAGE: &str =
+    "usage: tidings [--config PATH]   (default ./broker.toml; a missing file means all defaults)";
+
+fn main() -> ExitCode {
+    let config_path = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(path)) => path,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing();
+    if !config_path.exists() {
+        tracing::info!(path = %config_path.display(), "no config file; using the defaults");
+    }
+    let settings = match Settings::load(&config_path) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the context chain, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Ok(None)` asks for the usage text.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, String> {
+    let mut path = PathBuf::from("broker.toml");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "-c" | "--config" => {
+                path = args.next().ok_or("--config needs a path")?.into();
+            }
+            other => match other.strip_prefix("--config=") {
+                Some(value) => path = value.into(),
+                None => return Err(format!("unknown argument {other:?}")),
+            },
+        }
+    }
+    Ok(Some(path))
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default: info for tidings, warnings for the rest).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tidings=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

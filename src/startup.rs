@@ -1,0 +1,142 @@
+//! `Application`: binds every listener (so a port in use is an error naming the key), opens the
+//! store, wires the services, runs until a shutdown signal, then stops in order: stop
+//! accepting, drain, make the store durable.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::auth::{Auth, Keys};
+use crate::config::Settings;
+use crate::notify;
+use crate::store::Store;
+
+/// How long in-flight HTTP requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Application {
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
+    store: Store,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds and opens everything `settings` names. Errors are one line naming the key.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let http_listener = bind("http.listen", &settings.http.listen).await?;
+        let http_addr = http_listener
+            .local_addr()
+            .context("reading the HTTP address")?;
+
+        let store_path = &settings.storage.path;
+        let store = Store::open(store_path).with_context(|| {
+            format!(
+                "storage.path: cannot open the store at {}",
+                store_path.display()
+            )
+        })?;
+        let keys =
+            Keys::load(settings.auth.jwt_secret.as_ref(), store_path).context("auth.jwt_secret")?;
+        let sms = notify::sms_sender(&settings.sms).context("sms")?;
+        let email = notify::email_sender(&settings.email).context("email")?;
+        let auth = Arc::new(Auth::new(
+            store.clone(),
+            keys,
+            settings.auth.clone(),
+            settings.limits.clone(),
+            sms,
+            email,
+        ));
+        let state = AppState {
+            auth,
+            store: store.clone(),
+        };
+        Ok(Self {
+            http_listener,
+            http_addr,
+            store,
+            state,
+        })
+    }
+
+    /// The bound HTTP address (the real port when the config said 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until `shutdown` resolves, then drains and makes the store durable.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let app =
+            api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut http_stop = stop_rx.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(self.http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(http = %self.http_addr, "tidings ready");
+
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining");
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(DRAIN_TIMEOUT, http).await {
+            Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
+            Err(_) => {
+                tracing::warn!("HTTP requests still open after {DRAIN_TIMEOUT:?}; closing them")
+            }
+        }
+        self.store
+            .durable_async()
+            .await
+            .context("flushing the store")?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    }
+}
+
+/// Binds `addr` (from config key `key`), naming both when it fails.
+pub async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{key}: cannot listen on {addr}"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,143 @@
+//! The store: the only code that knows sled. Owns the on-disk layout (trees, keys, bincode
+//! values) and durability. Everything else sees typed records and methods that say what they
+//! do, so another engine can replace sled without touching the rest.
+//!
+//! # Layout
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `users` | user id (12 bytes) | [`User`] |
+//! | `identities` | `p:+1415…` / `e:ann@…` | user id |
+//! | `otp` | purpose ‖ `0` ‖ identity key | [`OtpChallenge`] |
+//! | `sessions` | session id (16 bytes) | [`Session`] |
+//! | `refresh` | SHA-256 of a refresh token | session id |
+//!
+//! # Durability
+//!
+//! sled 0.34's `flush()` writes with `sync_file_range` on Linux and does not fsync (sled
+//! issue #1452). [`Store::durable`] flushes and then `fdatasync`s sled's data file itself, so
+//! what it returns from is on the device.
+
+mod auth;
+mod users;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use auth::{OtpChallenge, Session, SessionId};
+pub use users::User;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage I/O error at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt record in {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+}
+
+/// A cheap handle to the database; clone it freely.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    /// sled's data file, kept open to `fdatasync` it after each flush.
+    data_file: File,
+    data_file_path: PathBuf,
+    users: sled::Tree,
+    identities: sled::Tree,
+    otp: sled::Tree,
+    sessions: sled::Tree,
+    refresh: sled::Tree,
+}
+
+impl Store {
+    /// Opens (creating if missing) the database in `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let db = sled::Config::new().path(path).open()?;
+        let data_file_path = path.join("db");
+        let data_file = File::open(&data_file_path).map_err(|source| StoreError::Io {
+            path: data_file_path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                users: db.open_tree("users")?,
+                identities: db.open_tree("identities")?,
+                otp: db.open_tree("otp")?,
+                sessions: db.open_tree("sessions")?,
+                refresh: db.open_tree("refresh")?,
+                db,
+                data_file,
+                data_file_path,
+            }),
+        })
+    }
+
+    /// Makes every write so far durable: sled flush, then `fdatasync` of its data file.
+    /// Blocks; from async code call it through `spawn_blocking` (see [`Store::durable_async`]).
+    pub fn durable(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        self.inner
+            .data_file
+            .sync_data()
+            .map_err(|source| StoreError::Io {
+                path: self.inner.data_file_path.clone(),
+                source,
+            })
+    }
+
+    /// [`Store::durable`] off the async worker threads.
+    pub async fn durable_async(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.durable())
+            .await
+            .expect("the durability task does not panic")
+    }
+}
+
+/// bincode 2, standard config: the one on-disk encoding, kept here so it can be migrated.
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("in-memory records always encode")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|e| StoreError::Corrupt {
+            tree,
+            detail: e.to_string(),
+        })
+}
+
+/// Seconds since the Unix epoch, the time unit of every stored deadline.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A transaction's error as the store's.
+fn flatten(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Abort(e) => e,
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
