@@ -1,0 +1,505 @@
+//! Test harness: the real `tidings` binary on random ports with a temp data dir, a fake Twilio
+//! gateway on loopback (records what it is sent, answers what it is told), and, when asked, a
+//! real SMTP server (aiosmtpd) on loopback writing to a Maildir.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Form, Router};
+use serde_json::{json, Value};
+
+pub const TWILIO_SID: &str = "ACtest0000";
+pub const TWILIO_TOKEN: &str = "twilio-secret-token";
+pub const TWILIO_FROM: &str = "+15005550006";
+
+/// One SMS the fake gateway accepted or refused.
+#[derive(Debug, Clone)]
+pub struct SmsRequest {
+    pub path: String,
+    pub authorization: String,
+    pub form: HashMap<String, String>,
+}
+
+/// A loopback HTTP server speaking just enough of the Twilio Messages API.
+#[derive(Clone)]
+pub struct FakeTwilio {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<SmsRequest>>>,
+    /// Statuses to answer, first to last; 201 once it runs out.
+    script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+impl FakeTwilio {
+    pub async fn start() -> Self {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::new()));
+        let state = (requests.clone(), script.clone());
+        let app = Router::new()
+            .route(
+                "/2010-04-01/Accounts/{sid}/Messages.json",
+                post(fake_twilio_messages),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            addr,
+            requests,
+            script,
+        }
+    }
+
+    /// The next answers, e.g. `[503, 503]` for two failures before success.
+    pub fn answer(&self, statuses: &[u16]) {
+        self.script.lock().unwrap().extend(statuses);
+    }
+
+    pub fn requests(&self) -> Vec<SmsRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits for the `n`th (1-based) SMS to `to` and returns its body.
+    pub async fn nth_sms_to(&self, to: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let bodies: Vec<String> = self
+                .requests()
+                .into_iter()
+                .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
+                .map(|r| r.form.get("Body").cloned().unwrap_or_default())
+                .collect();
+            if bodies.len() >= n {
+                return bodies[n - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no SMS #{n} to {to}; got {bodies:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The code in the newest SMS to `to`, waiting for SMS number `n`.
+    pub async fn code(&self, to: &str, n: usize) -> String {
+        extract_code(&self.nth_sms_to(to, n).await)
+    }
+}
+
+type FakeState = (Arc<Mutex<Vec<SmsRequest>>>, Arc<Mutex<VecDeque<u16>>>);
+
+async fn fake_twilio_messages(
+    State((requests, script)): State<FakeState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> (StatusCode, String) {
+    requests.lock().unwrap().push(SmsRequest {
+        path: uri.path().to_owned(),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        form,
+    });
+    let status = script.lock().unwrap().pop_front().unwrap_or(201);
+    (
+        StatusCode::from_u16(status).unwrap(),
+        r#"{"sid": "SMfake"}"#.to_owned(),
+    )
+}
+
+/// The first six-digit run in `text`.
+pub fn extract_code(text: &str) -> String {
+    text.split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap_or_else(|| panic!("no code in {text:?}"))
+        .to_owned()
+}
+
+/// A real SMTP server (Debian's python3-aiosmtpd) on loopback, delivering into a Maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    maildir: PathBuf,
+    child: Child,
+}
+
+impl SmtpServer {
+    pub fn start(dir: &Path) -> Self {
+        let maildir = dir.join("maildir");
+        let port = free_port();
+        let child = Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("aiosmtpd runs (apt-get install python3-aiosmtpd; .ci/run installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            port,
+            maildir,
+            child,
+        }
+    }
+
+    /// Every message delivered so far, raw.
+    pub fn messages(&self) -> Vec<String> {
+        let mut files: Vec<_> = std::fs::read_dir(self.maildir.join("new"))
+            .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+
+    /// Waits for a message to `to` and returns it raw.
+    pub async fn message_to(&self, to: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(m) = self
+                .messages()
+                .into_iter()
+                .find(|m| m.contains(&format!("X-RcptTo: {to}")))
+            {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "no email to {to}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to start the app: extra environment overrides on top of the test config.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    pub smtp_port: Option<u16>,
+}
+
+impl Options {
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+}
+
+/// The real `tidings` binary, started on random ports with its own data dir.
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub twilio: FakeTwilio,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    options: Options,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let twilio = FakeTwilio::start().await;
+        let mut app = Self {
+            http: "127.0.0.1:0".parse().unwrap(),
+            twilio,
+            client: reqwest::Client::new(),
+            dir,
+            options,
+            child: None,
+            log: Arc::default(),
+        };
+        app.write_config();
+        app.start();
+        app
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("broker.toml")
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn write_config(&self) {
+        let email = match self.options.smtp_port {
+            Some(port) => format!(
+                "[email]\nprovider = \"smtp\"\n[email.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"tidings <codes@tidings.test>\"\n"
+            ),
+            None => String::new(),
+        };
+        let config = format!(
+            r#"[http]
+listen = "127.0.0.1:0"
+[mqtt]
+listen = "127.0.0.1:0"
+[storage]
+path = "{data}"
+[sms]
+provider = "twilio"
+[sms.twilio]
+base_url = "http://{twilio}"
+account_sid = "{TWILIO_SID}"
+auth_token = "{TWILIO_TOKEN}"
+from = "{TWILIO_FROM}"
+{email}"#,
+            data = self.data_path().display(),
+            twilio = self.twilio.addr,
+        );
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
+    /// Starts the binary and waits for its "tidings ready" line.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info,tidings=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.options.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the tidings binary starts");
+        let stderr = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("tidings ready") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        let ready = match ready_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "tidings did not get ready; log:\n{}",
+                    self.log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        self.http = field(&ready, "http").parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tidings did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        Answer::from(
+            self.client
+                .post(self.url(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post_auth(&self, path: &str, token: &str, body: Value) -> Answer {
+        let request = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body);
+        Answer::from(request.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Answer {
+        Answer::from(
+            self.client
+                .get(self.url(path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// `POST /v1/auth/verify` for a phone.
+    pub async fn verify(&self, phone: &str, code: &str) -> Answer {
+        self.post("/v1/auth/verify", json!({ "phone": phone, "code": code }))
+            .await
+    }
+
+    /// Requests a code for `phone` and returns it, as the SMS gateway received it.
+    pub async fn phone_code(&self, phone: &str, e164: &str) -> String {
+        let before = self.sms_count(e164);
+        let answer = self.post("/v1/auth/otp", json!({ "phone": phone })).await;
+        assert_eq!(answer.status, 202, "{answer:?}");
+        self.twilio.code(e164, before + 1).await
+    }
+
+    pub fn sms_count(&self, e164: &str) -> usize {
+        self.twilio
+            .requests()
+            .iter()
+            .filter(|r| r.form.get("To").map(String::as_str) == Some(e164))
+            .count()
+    }
+
+    /// Logs `phone` (given in E.164) in and returns the verify answer.
+    pub async fn login(&self, e164: &str) -> Tokens {
+        let code = self.phone_code(e164, e164).await;
+        let answer = self
+            .post("/v1/auth/verify", json!({ "phone": e164, "code": code }))
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        Tokens::from(&answer.body)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- tidings log ---\n{}", self.log());
+        }
+    }
+}
+
+/// `key=value` from a log line.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    pub user_id: String,
+    pub access: String,
+    pub refresh: String,
+    pub new_user: bool,
+}
+
+impl From<&Value> for Tokens {
+    fn from(body: &Value) -> Self {
+        Self {
+            user_id: body["user_id"].as_str().unwrap().to_owned(),
+            access: body["access_token"].as_str().unwrap().to_owned(),
+            refresh: body["refresh_token"].as_str().unwrap().to_owned(),
+            new_user: body["new_user"].as_bool().unwrap(),
+        }
+    }
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn from(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The contract's error code, asserting the error shape.
+    pub fn error_code(&self) -> &str {
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "not an error body: {self:?}"
+        );
+        self.body["error"]["code"].as_str().unwrap()
+    }
+
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!((self.status, self.error_code()), (status, code), "{self:?}");
+    }
+}

@@ -1,0 +1,116 @@
+//! Start, stop and restart of the real binary; configuration errors.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_a_restart_keeps_accounts_and_tokens() {
+    let mut app = TestApp::spawn().await;
+    let tokens = app.login("+14155550101").await;
+    let secret = app.data_path().join("jwt_secret");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the generated JWT secret is private");
+    }
+    let started = std::time::Instant::now();
+    assert!(app.stop().success(), "exit 0 on SIGTERM");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(app.log().contains("stopped cleanly"));
+
+    app.start();
+    // The same access token and refresh token still work: secret and session survived.
+    let me = app.get("/v1/me", &tokens.access).await;
+    assert_eq!(me.status, 200, "{me:?}");
+    assert_eq!(me.body["user_id"], tokens.user_id.as_str());
+    let answer = app
+        .post(
+            "/v1/auth/refresh",
+            serde_json::json!({"refresh_token": tokens.refresh}),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
+async fn kill_9_after_login_keeps_the_account() {
+    let mut app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__OTP_RESEND_SECS", 0)).await;
+    let tokens = app.login("+14155550101").await;
+    app.kill9();
+    app.start();
+    assert_eq!(app.get("/v1/me", &tokens.access).await.status, 200);
+    let again = app.login("+14155550101").await;
+    assert_eq!(again.user_id, tokens.user_id);
+    assert!(!again.new_user);
+}
+
+/// Runs the binary with `config` and returns (exit code, stderr).
+fn run_with_config(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("--config")
+        .arg(&path)
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn error_line(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line, in {stderr}");
+    errors[0].to_owned()
+}
+
+#[test]
+fn an_unparsable_file_names_the_file_and_line() {
+    let (code, stderr) = run_with_config("[http\nlisten = 1\n", &[]);
+    assert_eq!(code, Some(1));
+    let line = error_line(&stderr);
+    assert!(
+        line.contains("broker.toml") && line.contains("line 1"),
+        "{line}"
+    );
+}
+
+#[test]
+fn an_unknown_provider_names_the_key() {
+    let (code, stderr) = run_with_config("[sms]\nprovider = \"pigeon\"\n", &[]);
+    assert_eq!(code, Some(1));
+    assert!(error_line(&stderr).contains("sms.provider"), "{stderr}");
+    let (code, stderr) = run_with_config("", &[("TIDINGS_EMAIL__PROVIDER", "fax")]);
+    assert_eq!(code, Some(1));
+    assert!(error_line(&stderr).contains("email.provider"), "{stderr}");
+}
+
+#[test]
+fn an_address_in_use_names_the_key_and_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run_with_config(&format!("[http]\nlisten = \"{addr}\"\n"), &[]);
+    assert_eq!(code, Some(1));
+    let line = error_line(&stderr);
+    assert!(
+        line.contains("http.listen") && line.contains(&addr),
+        "{line}"
+    );
+}
+
+#[test]
+fn twilio_without_credentials_is_a_config_error() {
+    let (code, stderr) = run_with_config("[sms]\nprovider = \"twilio\"\n", &[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        error_line(&stderr).contains("sms.twilio.account_sid"),
+        "{stderr}"
+    );
+}
