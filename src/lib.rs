@@ -9,6 +9,10 @@
 //! - [`auth`]: one-time codes, access tokens (JWT), sessions and refresh rotation.
 //! - [`store`]: the only code that knows sled; durability (flush + fdatasync).
 //! - [`api`]: the HTTP API (axum), its error mapping and extractors.
+//! - [`gateway`]: the MQTT front door: CONNECT auth, topic ACL, one router link per connection.
+//! - [`broker`]: the embedded rumqttd router (QoS 1 delivery, sessions, fan-out).
+//! - [`relay`]: outbox commands → validate → store → fsync → inbox events (group commit).
+//! - [`payloads`]: the JSON of outbox commands and inbox events.
 //! - [`notify`]: SMS and email providers (`console`, `twilio`, `smtp`).
 //! - [`limits`]: in-memory sliding-window rate limits.
 //!
@@ -16,9 +20,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod domain;
+pub mod gateway;
 pub mod limits;
 pub mod notify;
+pub mod payloads;
+pub mod relay;
 pub mod startup;
 pub mod store;

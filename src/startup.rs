@@ -12,9 +12,15 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::auth::{Auth, Keys};
+use crate::broker::Broker;
 use crate::config::Settings;
+use crate::gateway::Gateway;
 use crate::notify;
+use crate::relay;
 use crate::store::Store;
+
+/// Router connections (one per MQTT client, plus the relay).
+const MAX_MQTT_CONNECTIONS: usize = 10_000;
 
 /// How long in-flight HTTP requests get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,6 +28,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Application {
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    gateway: Gateway,
+    relay: std::thread::JoinHandle<()>,
     store: Store,
     state: AppState,
 }
@@ -33,6 +41,10 @@ impl Application {
         let http_addr = http_listener
             .local_addr()
             .context("reading the HTTP address")?;
+        let mqtt_listener = bind("mqtt.listen", &settings.mqtt.listen).await?;
+        if let Some(ws) = &settings.mqtt.ws_listen {
+            tracing::warn!(ws_listen = %ws, "mqtt.ws_listen is not served yet; MQTT over TCP only");
+        }
 
         let store_path = &settings.storage.path;
         let store = Store::open(store_path).with_context(|| {
@@ -53,6 +65,15 @@ impl Application {
             sms,
             email,
         ));
+        let broker = Broker::start(MAX_MQTT_CONNECTIONS);
+        let (relay_tx, relay) = relay::spawn(
+            store.clone(),
+            &broker,
+            settings.limits.sends_per_user_per_minute,
+        )
+        .context("starting the relay")?;
+        let gateway =
+            Gateway::new(mqtt_listener, auth.clone(), broker, relay_tx).context("mqtt.listen")?;
         let state = AppState {
             auth,
             store: store.clone(),
@@ -60,6 +81,8 @@ impl Application {
         Ok(Self {
             http_listener,
             http_addr,
+            gateway,
+            relay,
             store,
             state,
         })
@@ -68,6 +91,11 @@ impl Application {
     /// The bound HTTP address (the real port when the config said 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The bound MQTT address.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.gateway.local_addr()
     }
 
     /// Serves until `shutdown` resolves, then drains and makes the store durable.
@@ -86,7 +114,9 @@ impl Application {
                 })
                 .await
         });
-        tracing::info!(http = %self.http_addr, "tidings ready");
+        let mqtt_addr = self.gateway.local_addr();
+        let gateway = tokio::spawn(self.gateway.run(stop_rx.clone()));
+        tracing::info!(http = %self.http_addr, mqtt = %mqtt_addr, "tidings ready");
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining");
@@ -97,6 +127,14 @@ impl Application {
                 tracing::warn!("HTTP requests still open after {DRAIN_TIMEOUT:?}; closing them")
             }
         }
+        // The gateway returns once its connections are closed; with them go the last handles
+        // on the relay's queue, so the relay finishes what was queued and stops.
+        gateway.await.context("MQTT gateway task")?;
+        let relay = self.relay;
+        tokio::task::spawn_blocking(move || relay.join())
+            .await
+            .context("joining the relay")?
+            .map_err(|_| anyhow::anyhow!("the relay thread panicked"))?;
         self.store
             .durable_async()
             .await

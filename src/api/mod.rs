@@ -2,6 +2,7 @@
 //! that parse bodies and bearer tokens. Handlers are thin: they parse, call a service, answer.
 
 mod auth;
+mod conversations;
 mod error;
 mod extract;
 mod me;
@@ -36,6 +37,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/me", get(me::get_me))
         .route("/v1/users/lookup", get(me::lookup))
+        .route(
+            "/v1/conversations/{peer_id}/messages",
+            get(conversations::messages),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

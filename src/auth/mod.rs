@@ -303,6 +303,14 @@ impl Auth {
         }
     }
 
+    /// Whether the session of already-verified `claims` is still live (not logged out).
+    pub fn authenticate_session(&self, claims: &Claims) -> Result<(), AuthError> {
+        match self.store.session(&claims.sid)? {
+            Some(session) if session.user_id == claims.user_id => Ok(()),
+            _ => Err(AuthError::Unauthorized),
+        }
+    }
+
     /// Sessions revoked from now on, as they are revoked.
     pub fn revocations(&self) -> broadcast::Receiver<SessionId> {
         self.revoked.subscribe()

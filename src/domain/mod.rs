@@ -3,10 +3,12 @@
 
 mod email;
 mod identity;
+mod message;
 mod phone;
 mod user_id;
 
 pub use email::Email;
 pub use identity::Identity;
+pub use message::{Body, ClientMsgId, InvalidBody, MessageId};
 pub use phone::PhoneNumber;
 pub use user_id::UserId;

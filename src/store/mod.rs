@@ -11,6 +11,9 @@
 //! | `otp` | purpose ‖ `0` ‖ identity key | [`OtpChallenge`] |
 //! | `sessions` | session id (16 bytes) | [`Session`] |
 //! | `refresh` | SHA-256 of a refresh token | session id |
+//! | `messages` | conversation id (both user ids, sorted) ‖ seq (u64 BE) | [`Message`] |
+//! | `dedupe` | sender ‖ client_msg_id | the message's key |
+//! | `read_markers` | reader ‖ peer | last seq read (u64 BE) |
 //!
 //! # Durability
 //!
@@ -19,6 +22,7 @@
 //! what it returns from is on the device.
 
 mod auth;
+mod messages;
 mod users;
 
 use std::fs::File;
@@ -26,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use auth::{OtpChallenge, Session, SessionId};
+pub use messages::{ConversationId, Message, Page};
 pub use users::User;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,9 @@ struct Inner {
     otp: sled::Tree,
     sessions: sled::Tree,
     refresh: sled::Tree,
+    messages: sled::Tree,
+    dedupe: sled::Tree,
+    read_markers: sled::Tree,
 }
 
 impl Store {
@@ -79,6 +87,9 @@ impl Store {
                 otp: db.open_tree("otp")?,
                 sessions: db.open_tree("sessions")?,
                 refresh: db.open_tree("refresh")?,
+                messages: db.open_tree("messages")?,
+                dedupe: db.open_tree("dedupe")?,
+                read_markers: db.open_tree("read_markers")?,
                 db,
                 data_file,
                 data_file_path,

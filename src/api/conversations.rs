@@ -1,0 +1,64 @@
+//! `/v1/conversations/{peer_id}/messages`: a conversation's history, page by page, so a client
+//! fills any gap it sees in `seq`.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::extract::Authed;
+use super::{ApiError, AppState};
+use crate::domain::UserId;
+use crate::payloads::MessageEvent;
+use crate::store::{ConversationId, Page};
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 200;
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct HistoryPage<'a> {
+    messages: Vec<MessageEvent<'a>>,
+    has_more: bool,
+}
+
+pub async fn messages(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+    Path(peer): Path<String>,
+    query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let peer = UserId::parse(&peer).map_err(|_| ApiError::not_found("no user has that id"))?;
+    if state.store.user(&peer)?.is_none() {
+        return Err(ApiError::not_found("no user has that id"));
+    }
+    let limit = match query.limit {
+        None => DEFAULT_LIMIT,
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "limit must be 1 to 200",
+            ))
+        }
+        Some(n) => n.min(MAX_LIMIT),
+    };
+    let page = Page {
+        before: query.before,
+        after: query.after,
+        limit,
+    };
+    let (messages, has_more) = state
+        .store
+        .history(&ConversationId::of(&claims.user_id, &peer), page)?;
+    let body = HistoryPage {
+        messages: messages.iter().map(MessageEvent::from).collect(),
+        has_more,
+    };
+    Ok(Json(serde_json::to_value(body).expect("pages serialise")))
+}
