@@ -221,6 +221,7 @@ impl Options {
 /// The real `tidings` binary, started on random ports with its own data dir.
 pub struct TestApp {
     pub http: SocketAddr,
+    pub mqtt: SocketAddr,
     pub twilio: FakeTwilio,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
@@ -239,6 +240,7 @@ impl TestApp {
         let twilio = FakeTwilio::start().await;
         let mut app = Self {
             http: "127.0.0.1:0".parse().unwrap(),
+            mqtt: "127.0.0.1:0".parse().unwrap(),
             twilio,
             client: reqwest::Client::new(),
             dir,
@@ -325,6 +327,7 @@ from = "{TWILIO_FROM}"
             }
         };
         self.http = field(&ready, "http").parse().unwrap();
+        self.mqtt = field(&ready, "mqtt").parse().unwrap();
         self.child = Some(child);
     }
 
@@ -351,6 +354,25 @@ from = "{TWILIO_FROM}"
         let mut child = self.child.take().expect("running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// SIGTERM, exit 0, start again (on new ports, with the same data).
+    pub fn restart(&mut self) {
+        assert!(self.stop().success(), "exit 0 on SIGTERM");
+        self.start();
+    }
+
+    /// An MQTT connection as `tokens`' user, with `client_id`, subscribed to its inbox.
+    pub async fn mqtt_inbox(&self, tokens: &Tokens, client_id: &str) -> Mqtt {
+        let mut mqtt = Mqtt::connect(self.mqtt, &tokens.user_id, &tokens.access, client_id, true)
+            .await
+            .expect("MQTT connect");
+        let codes = mqtt
+            .subscribe(&format!("users/{}/inbox", tokens.user_id))
+            .await;
+        assert_eq!(codes, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+        mqtt.user_id = tokens.user_id.clone();
+        mqtt
     }
 
     pub fn log(&self) -> String {
@@ -501,5 +523,159 @@ impl Answer {
 
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!((self.status, self.error_code()), (status, code), "{self:?}");
+    }
+}
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS, SubscribeReasonCode,
+};
+
+/// A real MQTT client (rumqttc) whose incoming packets are collected for the test.
+pub struct Mqtt {
+    pub client: AsyncClient,
+    pub user_id: String,
+    incoming: tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
+}
+
+/// How long a test waits for something to arrive over MQTT.
+pub const MQTT_WAIT: Duration = Duration::from_secs(10);
+
+impl Mqtt {
+    /// Connects; `Err` with the CONNACK code when refused (or `None` for another failure).
+    pub async fn connect(
+        addr: SocketAddr,
+        username: &str,
+        password: &str,
+        client_id: &str,
+        clean_session: bool,
+    ) -> Result<Self, Option<ConnectReturnCode>> {
+        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options.set_credentials(username, password);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(clean_session);
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        let first = tokio::time::timeout(MQTT_WAIT, eventloop.poll())
+            .await
+            .map_err(|_| None)?;
+        match first {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Err(Some(code)),
+            _ => return Err(None),
+        }
+        let (tx, incoming) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(packet)) => {
+                        if tx.send(Ok(packet)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            client,
+            user_id: username.to_owned(),
+            incoming,
+        })
+    }
+
+    /// Subscribes to `filter` and returns the SUBACK's codes.
+    pub async fn subscribe(&mut self, filter: &str) -> Vec<SubscribeReasonCode> {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        loop {
+            match self.next_packet().await {
+                Some(Packet::SubAck(ack)) => return ack.return_codes,
+                Some(_) => {}
+                None => panic!("connection closed before SUBACK"),
+            }
+        }
+    }
+
+    /// Publishes a `send` command to the own outbox.
+    pub async fn send(&self, to: &str, body: &str, client_msg_id: &str) {
+        let command =
+            json!({"type": "send", "to": to, "body": body, "client_msg_id": client_msg_id});
+        self.publish_outbox(command.to_string()).await;
+    }
+
+    pub async fn publish_outbox(&self, payload: impl Into<Vec<u8>>) {
+        let topic = format!("users/{}/outbox", self.user_id);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    /// The next packet, `None` once the connection is closed. Panics after [`MQTT_WAIT`].
+    pub async fn next_packet(&mut self) -> Option<Packet> {
+        match tokio::time::timeout(MQTT_WAIT, self.incoming.recv()).await {
+            Ok(Some(Ok(packet))) => Some(packet),
+            Ok(Some(Err(_)) | None) => None,
+            Err(_) => panic!("nothing arrived over MQTT within {MQTT_WAIT:?}"),
+        }
+    }
+
+    /// The next inbox event, parsed.
+    pub async fn event(&mut self) -> Value {
+        loop {
+            match self.next_packet().await {
+                Some(Packet::Publish(publish)) => {
+                    assert_eq!(publish.topic, format!("users/{}/inbox", self.user_id));
+                    return serde_json::from_slice(&publish.payload).expect("events are JSON");
+                }
+                Some(_) => {}
+                None => panic!("connection closed while waiting for an event"),
+            }
+        }
+    }
+
+    /// Nothing but acks and pings arrives for `wait`.
+    pub async fn assert_no_event(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Packet::Publish(p)))) => {
+                    panic!("unexpected event {:?}", String::from_utf8_lossy(&p.payload))
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return,
+            }
+        }
+    }
+
+    /// Every event until the connection closes.
+    pub async fn events_until_closed(&mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        while let Some(packet) = self.next_packet().await {
+            if let Packet::Publish(publish) = packet {
+                events.push(serde_json::from_slice(&publish.payload).expect("events are JSON"));
+            }
+        }
+        events
+    }
+
+    /// Waits until the server closes the connection; panics if it stays open.
+    pub async fn assert_closed(&mut self) {
+        loop {
+            match self.next_packet().await {
+                None => return,
+                Some(
+                    Packet::Publish(_) | Packet::PubAck(_) | Packet::PingResp | Packet::SubAck(_),
+                ) => {}
+                Some(other) => panic!("unexpected {other:?} while waiting for the close"),
+            }
+        }
     }
 }

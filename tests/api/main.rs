@@ -1,8 +1,13 @@
 //! One integration test binary: every test starts the real `tidings` binary (see `helpers`) and
 //! talks to it over real sockets.
 
+mod acl;
+mod durability;
 mod helpers;
+mod history;
 mod http;
 mod lifecycle;
 mod login;
+mod messaging;
+mod mosquitto;
 mod tokens;

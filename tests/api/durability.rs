@@ -1,0 +1,135 @@
+//! Nothing acknowledged is lost, nothing is doubled: `kill -9` while a client streams sends.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The whole conversation, page by page from the start.
+async fn full_history(app: &TestApp, reader: &Tokens, peer: &str) -> Vec<Value> {
+    let mut messages: Vec<Value> = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!("/v1/conversations/{peer}/messages?after={after}&limit=200");
+        let page = app.get(&path, &reader.access).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        let batch = page.body["messages"].as_array().unwrap().clone();
+        if let Some(last) = batch.last() {
+            after = last["seq"].as_u64().unwrap();
+        }
+        messages.extend(batch);
+        if page.body["has_more"] == false {
+            return messages;
+        }
+    }
+}
+
+/// Every seq from 1 with no gap, and every client_msg_id once.
+fn assert_gapless_and_unique(history: &[Value]) -> HashMap<String, Value> {
+    let mut by_id = HashMap::new();
+    for (i, message) in history.iter().enumerate() {
+        assert_eq!(
+            message["seq"].as_u64(),
+            Some(i as u64 + 1),
+            "seq gap at position {i}"
+        );
+        let id = message["client_msg_id"].as_str().unwrap().to_owned();
+        assert!(
+            by_id.insert(id.clone(), message.clone()).is_none(),
+            "{id} stored twice"
+        );
+    }
+    by_id
+}
+
+#[tokio::test]
+async fn kill_9_while_streaming_loses_no_acknowledged_message_and_doubles_none() {
+    const SENDS: usize = 1500;
+    let mut app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__SENDS_PER_USER_PER_MINUTE", 0))
+            .await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let mut acknowledged: HashMap<String, Value> = HashMap::new();
+
+    for round in 0..3 {
+        let mut mqtt = app.mqtt_inbox(&ann, "ann-phone").await;
+        let client = mqtt.client.clone();
+        let to = bob.user_id.clone();
+        let from = ann.user_id.clone();
+        let streamer = tokio::spawn(async move {
+            for i in 0..SENDS {
+                let command = serde_json::json!({
+                    "type": "send", "to": to, "body": format!("round {round} #{i}"),
+                    "client_msg_id": format!("r{round}-{i}"),
+                });
+                let topic = format!("users/{from}/outbox");
+                if client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, command.to_string())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // Let some sends be acknowledged, then pull the plug mid-stream.
+        let mut this_round = Vec::new();
+        while this_round.len() < 100 {
+            this_round.push(mqtt.event().await);
+        }
+        app.kill9();
+        this_round.extend(mqtt.events_until_closed().await);
+        streamer.abort();
+        assert!(
+            this_round.len() < SENDS,
+            "the kill came too late to interrupt the stream"
+        );
+        eprintln!(
+            "round {round}: {} sends acknowledged before the kill",
+            this_round.len()
+        );
+        for event in this_round {
+            assert_eq!(event["type"], "message");
+            acknowledged.insert(event["client_msg_id"].as_str().unwrap().to_owned(), event);
+        }
+
+        // Restart on the same data: every acknowledged message is there, once, unchanged.
+        app.start();
+        let history = full_history(&app, &bob, &ann.user_id).await;
+        let stored = assert_gapless_and_unique(&history);
+        for (id, event) in &acknowledged {
+            assert_eq!(
+                stored.get(id),
+                Some(event),
+                "acknowledged {id} is not in history as acknowledged"
+            );
+        }
+
+        // The app retries everything of the round: what was stored answers its original
+        // event, the rest is stored now, and still nothing is doubled.
+        let mut mqtt = app.mqtt_inbox(&ann, "ann-phone").await;
+        let retries: HashSet<String> = (0..SENDS)
+            .step_by(7)
+            .map(|i| format!("r{round}-{i}"))
+            .collect();
+        for id in &retries {
+            mqtt.send(&bob.user_id, "retried", id).await;
+        }
+        for _ in 0..retries.len() {
+            let event = mqtt.event().await;
+            let id = event["client_msg_id"].as_str().unwrap().to_owned();
+            if let Some(original) = stored.get(&id) {
+                assert_eq!(
+                    &event, original,
+                    "a retry of a stored message answers the original"
+                );
+            }
+            acknowledged.insert(id, event);
+        }
+        let history = full_history(&app, &bob, &ann.user_id).await;
+        let stored = assert_gapless_and_unique(&history);
+        assert!(retries.iter().all(|id| stored.contains_key(id)));
+    }
+}

@@ -1,0 +1,96 @@
+//! The walk-through of the README with the real `mosquitto_pub` and `mosquitto_sub`.
+
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn mosquitto(tool: &str, app: &TestApp, user: &Tokens) -> Command {
+    let mut command = Command::new(tool);
+    command
+        .args([
+            "-h",
+            &app.mqtt.ip().to_string(),
+            "-p",
+            &app.mqtt.port().to_string(),
+        ])
+        .args(["-u", &user.user_id, "-P", &user.access, "-q", "1"]);
+    command
+}
+
+#[tokio::test]
+async fn mosquitto_pub_to_mosquitto_sub() {
+    let app = TestApp::spawn().await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+
+    // Bob listens for one event (at most 10 s).
+    let sub = mosquitto("mosquitto_sub", &app, &bob)
+        .args([
+            "-i",
+            "bob-phone",
+            "-t",
+            &format!("users/{}/inbox", bob.user_id),
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub is installed (scripts/install-test-deps)");
+    // Wait for its subscription (mosquitto_sub prints nothing before the first event).
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+
+    let command = json!({"type": "send", "to": bob.user_id, "body": "hello from mosquitto", "client_msg_id": "m-1"});
+    let status = mosquitto("mosquitto_pub", &app, &ann)
+        .args([
+            "-i",
+            "ann-phone",
+            "-t",
+            &format!("users/{}/outbox", ann.user_id),
+            "-m",
+            &command.to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let output = tokio::task::spawn_blocking(move || sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "mosquitto_sub got no event");
+    let event: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(event["type"], "message");
+    assert_eq!(event["from"], ann.user_id.as_str());
+    assert_eq!(event["body"], "hello from mosquitto");
+    assert_eq!(event["seq"], 1);
+}
+
+#[tokio::test]
+async fn mosquitto_with_a_bad_token_is_told_not_authorised() {
+    let app = TestApp::spawn().await;
+    let mut ann = app.login("+14155550101").await;
+    ann.access = "forged".into();
+    let output = mosquitto("mosquitto_sub", &app, &ann)
+        .args([
+            "-t",
+            &format!("users/{}/inbox", ann.user_id),
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    // mosquitto_sub exits with the CONNACK code: 5, not authorised.
+    assert_eq!(
+        output.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not authorised"));
+}
