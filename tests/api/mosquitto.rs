@@ -94,3 +94,20 @@ async fn mosquitto_with_a_bad_token_is_told_not_authorised() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("not authorised"));
 }
+
+#[test]
+fn the_demo_script_runs_the_walk_through() {
+    let output = Command::new("scripts/demo.sh")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DEMO_BIN", env!("CARGO_BIN_EXE_tidings"))
+        .env("DEMO_HTTP_PORT", free_port().to_string())
+        .env("DEMO_MQTT_PORT", free_port().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("demo: OK"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
