@@ -108,11 +108,16 @@ impl Application {
             api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut http_stop = stop_rx.clone();
         let http = tokio::spawn(async move {
-            axum::serve(self.http_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop.wait_for(|stop| *stop).await;
-                })
-                .await
+            axum::serve(
+                axum::serve::ListenerExt::tap_io(self.http_listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            })
+            .await
         });
         let mqtt_addr = self.gateway.local_addr();
         let gateway = tokio::spawn(self.gateway.run(stop_rx.clone()));
