@@ -42,9 +42,10 @@ impl Application {
             .local_addr()
             .context("reading the HTTP address")?;
         let mqtt_listener = bind("mqtt.listen", &settings.mqtt.listen).await?;
-        if let Some(ws) = &settings.mqtt.ws_listen {
-            tracing::warn!(ws_listen = %ws, "mqtt.ws_listen is not served yet; MQTT over TCP only");
-        }
+        let ws_listener = match &settings.mqtt.ws_listen {
+            Some(addr) => Some(bind("mqtt.ws_listen", addr).await?),
+            None => None,
+        };
 
         let store_path = &settings.storage.path;
         let store = Store::open(store_path).with_context(|| {
@@ -72,8 +73,8 @@ impl Application {
             settings.limits.sends_per_user_per_minute,
         )
         .context("starting the relay")?;
-        let gateway =
-            Gateway::new(mqtt_listener, auth.clone(), broker, relay_tx).context("mqtt.listen")?;
+        let gateway = Gateway::new(mqtt_listener, ws_listener, auth.clone(), broker, relay_tx)
+            .context("mqtt.listen")?;
         let state = AppState {
             auth,
             store: store.clone(),
@@ -120,8 +121,12 @@ impl Application {
             .await
         });
         let mqtt_addr = self.gateway.local_addr();
+        let ws = self
+            .gateway
+            .ws_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
         let gateway = tokio::spawn(self.gateway.run(stop_rx.clone()));
-        tracing::info!(http = %self.http_addr, mqtt = %mqtt_addr, "tidings ready");
+        tracing::info!(http = %self.http_addr, mqtt = %mqtt_addr, ws = %ws, "tidings ready");
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining");

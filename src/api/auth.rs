@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::extract::{Authed, ClientIp, JsonBody};
 use super::{ApiError, AppState};
-use crate::domain::{Email, Identity, PhoneNumber};
+use crate::domain::Identity;
 
 /// `{"phone": ...}` or `{"email": ...}`, exactly one, as requests name an identity.
 #[derive(Deserialize)]
@@ -21,12 +21,8 @@ pub struct IdentityBody {
 impl IdentityBody {
     pub fn parse(&self) -> Result<Identity, ApiError> {
         match (&self.phone, &self.email) {
-            (Some(phone), None) => PhoneNumber::parse(phone)
-                .map(Identity::Phone)
-                .map_err(|e| ApiError::bad_request("invalid_phone", e.to_string())),
-            (None, Some(email)) => Email::parse(email)
-                .map(Identity::Email)
-                .map_err(|e| ApiError::bad_request("invalid_email", e.to_string())),
+            (Some(phone), None) => super::me::parse_phone(phone),
+            (None, Some(email)) => super::me::parse_email(email),
             _ => Err(ApiError::invalid_json(
                 "give exactly one of \"phone\" or \"email\"",
             )),

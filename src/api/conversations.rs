@@ -1,5 +1,6 @@
-//! `/v1/conversations/{peer_id}/messages`: a conversation's history, page by page, so a client
-//! fills any gap it sees in `seq`.
+//! `/v1/conversations` (the caller's conversations, most recent first, with unread counts) and
+//! `/v1/conversations/{peer_id}/messages` (a conversation's history, page by page, so a client
+//! fills any gap it sees in `seq`).
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -13,6 +14,46 @@ use crate::store::{ConversationId, Page};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
+
+/// One row of `GET /v1/conversations`.
+#[derive(Serialize)]
+struct ConversationRow<'a> {
+    peer_id: UserId,
+    display_name: Option<String>,
+    last_message: Option<MessageEvent<'a>>,
+    /// The peer's messages after the caller's read marker.
+    unread: u64,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Authed(claims): Authed,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let me = claims.user_id;
+    let mut summaries = state.store.conversations(&me)?;
+    summaries.sort_by_key(|s| std::cmp::Reverse((s.last_at_ms, s.last_seq)));
+    let mut last_messages = Vec::with_capacity(summaries.len());
+    for summary in &summaries {
+        last_messages.push(
+            state
+                .store
+                .message(&ConversationId::of(&me, &summary.peer), summary.last_seq)?,
+        );
+    }
+    let mut rows = Vec::with_capacity(summaries.len());
+    for (summary, last) in summaries.iter().zip(&last_messages) {
+        rows.push(ConversationRow {
+            peer_id: summary.peer,
+            display_name: state
+                .store
+                .user(&summary.peer)?
+                .and_then(|u| u.display_name),
+            last_message: last.as_ref().map(MessageEvent::from),
+            unread: state.store.unread(&me, &summary.peer)?,
+        });
+    }
+    Ok(Json(serde_json::json!({ "conversations": rows })))
+}
 
 #[derive(Deserialize)]
 pub struct HistoryQuery {

@@ -35,7 +35,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/verify", post(auth::verify))
         .route("/v1/auth/refresh", post(auth::refresh))
         .route("/v1/auth/logout", post(auth::logout))
-        .route("/v1/me", get(me::get_me))
+        .route("/v1/me", get(me::get_me).patch(me::patch_me))
+        .route("/v1/me/email", post(me::add_email))
+        .route("/v1/me/email/verify", post(me::verify_email))
+        .route("/v1/me/phone", post(me::add_phone))
+        .route("/v1/me/phone/verify", post(me::verify_phone))
+        .route("/v1/conversations", get(conversations::list))
         .route("/v1/users/lookup", get(me::lookup))
         .route(
             "/v1/conversations/{peer_id}/messages",

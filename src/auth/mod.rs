@@ -57,6 +57,12 @@ pub enum AuthError {
 /// The purpose under which login codes are stored.
 const LOGIN: &str = "login";
 
+/// The purpose of codes that add a phone or email to an account: a code for one account is no
+/// use for another, nor for login.
+fn add_purpose(user: &UserId) -> String {
+    format!("add:{user}")
+}
+
 pub struct Auth {
     store: Store,
     keys: Keys,
@@ -177,6 +183,26 @@ impl Auth {
                 }
             }
         });
+    }
+
+    /// Sends a code to `identity` for adding it to `user`'s account (same rules as login).
+    pub fn request_identity_code(
+        &self,
+        user: &UserId,
+        identity: &Identity,
+        ip: IpAddr,
+    ) -> Result<CodeSent, AuthError> {
+        self.request_code(&add_purpose(user), identity, ip)
+    }
+
+    /// Checks a code sent by [`Auth::request_identity_code`].
+    pub fn check_identity_code(
+        &self,
+        user: &UserId,
+        identity: &Identity,
+        code: &str,
+    ) -> Result<(), AuthError> {
+        self.check_code(&add_purpose(user), identity, code)
     }
 
     /// Checks a login code; the first success for an identity creates its account.

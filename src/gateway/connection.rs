@@ -23,9 +23,7 @@ use rumqttd::protocol::{
     RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 use rumqttd::Notification;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
@@ -70,16 +68,17 @@ impl End {
     }
 }
 
-pub(super) async fn serve(
-    stream: TcpStream,
+/// Serves one client over any byte stream (TCP, or WebSocket frames bridged to bytes).
+pub(super) async fn serve<R, W>(
+    reader: R,
+    writer: W,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
-    }
-    let (reader, writer) = stream.into_split();
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let mut client = Client {
         reader,
         writer,
@@ -96,14 +95,14 @@ pub(super) async fn serve(
     let _ = client.writer.shutdown().await;
 }
 
-struct Client {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+struct Client<R, W> {
+    reader: R,
+    writer: W,
     rbuf: BytesMut,
     out: BytesMut,
 }
 
-impl Client {
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Client<R, W> {
     /// Reads until one whole packet is buffered; `Ok(None)` at end of stream.
     async fn read_packet(&mut self) -> Result<Option<In>, mqttbytes::Error> {
         loop {
@@ -155,7 +154,11 @@ struct Session {
 }
 
 /// Reads and checks CONNECT; on success the CONNACK is sent and the link is open.
-async fn accept(client: &mut Client, shared: &Shared, peer: SocketAddr) -> Option<Session> {
+async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    client: &mut Client<R, W>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Option<Session> {
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, client.read_packet()).await {
         Ok(Ok(Some(In::Connect(connect)))) => connect,
         Ok(Err(mqttbytes::Error::InvalidProtocolLevel(_) | mqttbytes::Error::InvalidProtocol)) => {
@@ -258,9 +261,9 @@ fn authenticate(
 }
 
 impl Session {
-    async fn run(
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         mut self,
-        client: &mut Client,
+        client: &mut Client<R, W>,
         shared: &Shared,
         mut shutdown: watch::Receiver<bool>,
     ) -> End {
@@ -339,9 +342,9 @@ impl Session {
     }
 
     /// Handles every whole packet in the read buffer; `Some` ends the connection.
-    async fn handle_input(
+    async fn handle_input<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        client: &mut Client,
+        client: &mut Client<R, W>,
         shared: &Shared,
         to_router: &mut Vec<Out>,
     ) -> Option<End> {
@@ -496,9 +499,9 @@ impl Session {
 
     /// Writes what the router has for this client into the output buffer. `Ok(true)`: the
     /// router paused the link and needs a `wake` once the output is written.
-    fn handle_notifications(
+    fn handle_notifications<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        client: &mut Client,
+        client: &mut Client<R, W>,
         first: Result<Option<Notification>, rumqttd::local::LinkError>,
     ) -> Result<bool, End> {
         let mut wake = false;

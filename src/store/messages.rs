@@ -50,6 +50,14 @@ impl Message {
     }
 }
 
+/// One of a user's conversations, as the conversations index keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationSummary {
+    pub peer: UserId,
+    pub last_seq: u64,
+    pub last_at_ms: u64,
+}
+
 /// Which page of a conversation to read.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Page {
@@ -109,11 +117,72 @@ impl Store {
             .transpose()
     }
 
-    /// Stores `messages` and their dedupe entries in one transaction. Seqs are the caller's:
+    /// The user's conversations: each peer with the seq and time of its last message.
+    pub fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.inner
+            .conversations
+            .scan_prefix(user.as_bytes())
+            .map(|row| {
+                let (key, value) = row?;
+                let peer: [u8; UserId::BYTES] =
+                    key[UserId::BYTES..]
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt {
+                            tree: "conversations",
+                            detail: "short key".into(),
+                        })?;
+                let (last_seq, last_at_ms): (u64, u64) = decode("conversations", &value)?;
+                Ok(ConversationSummary {
+                    peer: UserId::from_bytes(peer),
+                    last_seq,
+                    last_at_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// One message of a conversation.
+    pub fn message(
+        &self,
+        conversation: &ConversationId,
+        seq: u64,
+    ) -> Result<Option<Message>, StoreError> {
+        self.inner
+            .messages
+            .get(conversation.key(seq))?
+            .map(|bytes| decode("messages", &bytes))
+            .transpose()
+    }
+
+    /// How many messages from `peer` to `reader` come after `reader`'s read marker.
+    pub fn unread(&self, reader: &UserId, peer: &UserId) -> Result<u64, StoreError> {
+        let conversation = ConversationId::of(reader, peer);
+        let marker = self.read_marker(reader, peer)?;
+        let mut count = 0;
+        for row in self
+            .inner
+            .messages
+            .range(conversation.key(marker.saturating_add(1))..conversation.key(u64::MAX))
+        {
+            let (_, bytes) = row?;
+            let message: Message = decode("messages", &bytes)?;
+            if message.from == *peer {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Stores `messages`, their dedupe entries and the conversations index in one transaction. Seqs are the caller's:
     /// the relay is the only writer and hands out the next seq of each conversation.
     pub fn append_messages(&self, messages: &[Message]) -> Result<(), StoreError> {
-        (&self.inner.messages, &self.inner.dedupe)
-            .transaction(|(stored, dedupe)| {
+        let trees = (
+            &self.inner.messages,
+            &self.inner.dedupe,
+            &self.inner.conversations,
+        );
+        trees
+            .transaction(|(stored, dedupe, conversations)| {
                 for message in messages {
                     let key = message.conversation().key(message.seq);
                     stored.insert(key.as_slice(), encode(message))?;
@@ -121,6 +190,13 @@ impl Store {
                         dedupe_key(&message.from, &message.client_msg_id),
                         key.as_slice(),
                     )?;
+                    let summary = encode(&(message.seq, message.sent_at_ms));
+                    conversations.insert(
+                        marker_key(&message.from, &message.to).as_slice(),
+                        summary.clone(),
+                    )?;
+                    conversations
+                        .insert(marker_key(&message.to, &message.from).as_slice(), summary)?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })

@@ -14,6 +14,7 @@
 //! | `messages` | conversation id (both user ids, sorted) ‖ seq (u64 BE) | [`Message`] |
 //! | `dedupe` | sender ‖ client_msg_id | the message's key |
 //! | `read_markers` | reader ‖ peer | last seq read (u64 BE) |
+//! | `conversations` | user ‖ peer | seq and time of the last message |
 //!
 //! # Durability
 //!
@@ -30,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use auth::{OtpChallenge, Session, SessionId};
-pub use messages::{ConversationId, Message, Page};
-pub use users::User;
+pub use messages::{ConversationId, ConversationSummary, Message, Page};
+pub use users::{AttachError, User};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -65,6 +66,7 @@ struct Inner {
     messages: sled::Tree,
     dedupe: sled::Tree,
     read_markers: sled::Tree,
+    conversations: sled::Tree,
 }
 
 impl Store {
@@ -90,6 +92,7 @@ impl Store {
                 messages: db.open_tree("messages")?,
                 dedupe: db.open_tree("dedupe")?,
                 read_markers: db.open_tree("read_markers")?,
+                conversations: db.open_tree("conversations")?,
                 db,
                 data_file,
                 data_file_path,

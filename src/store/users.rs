@@ -1,7 +1,7 @@
 //! Users and the identities (phone, email) that lead to them.
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::ConflictableTransactionError;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::{decode, encode, flatten, unix_now, Store, StoreError};
@@ -76,5 +76,78 @@ impl Store {
             Ok((fresh.clone(), true))
         });
         result.map_err(flatten)
+    }
+}
+
+/// Why an identity could not be added to an account.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("another account owns this phone or email")]
+    Taken,
+    #[error("no such user")]
+    NoUser,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Applies `change` to the user's record and stores it; `None` when there is no such user.
+    pub fn update_user(
+        &self,
+        id: &UserId,
+        change: impl Fn(&mut User),
+    ) -> Result<Option<User>, StoreError> {
+        let mut updated = None;
+        let mut corrupt = None;
+        self.inner.users.fetch_and_update(id.as_bytes(), |old| {
+            let mut user: User = match decode("users", old?) {
+                Ok(user) => user,
+                Err(e) => {
+                    corrupt = Some(e);
+                    return old.map(<[u8]>::to_vec);
+                }
+            };
+            change(&mut user);
+            let bytes = encode(&user);
+            updated = Some(user);
+            Some(bytes)
+        })?;
+        match corrupt {
+            Some(e) => Err(e),
+            None => Ok(updated),
+        }
+    }
+
+    /// Makes `identity` the user's phone or email (replacing the one it had, which then leads
+    /// nowhere), atomically: never two accounts for one phone or email.
+    pub fn attach_identity(&self, id: &UserId, identity: &Identity) -> Result<User, AttachError> {
+        let key = identity.key();
+        let result = (&self.inner.identities, &self.inner.users).transaction(|(ids, users)| {
+            let abort = |e| ConflictableTransactionError::Abort(e);
+            if let Some(owner) = ids.get(key.as_bytes())? {
+                if owner.as_ref() != id.as_bytes() {
+                    return Err(abort(AttachError::Taken));
+                }
+            }
+            let Some(bytes) = users.get(id.as_bytes())? else {
+                return Err(abort(AttachError::NoUser));
+            };
+            let mut user: User =
+                decode("users", &bytes).map_err(|e| abort(AttachError::Store(e)))?;
+            let previous = match identity {
+                Identity::Phone(phone) => user.phone.replace(phone.clone()).map(Identity::Phone),
+                Identity::Email(email) => user.email.replace(email.clone()).map(Identity::Email),
+            };
+            if let Some(previous) = previous.filter(|p| p != identity) {
+                ids.remove(previous.key().as_bytes())?;
+            }
+            ids.insert(key.as_bytes(), id.as_bytes().as_slice())?;
+            users.insert(id.as_bytes().as_slice(), encode(&user))?;
+            Ok(user)
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => AttachError::Store(StoreError::Sled(e)),
+        })
     }
 }

@@ -222,6 +222,8 @@ impl Options {
 pub struct TestApp {
     pub http: SocketAddr,
     pub mqtt: SocketAddr,
+    /// MQTT over WebSocket (`ws://{ws}/mqtt`).
+    pub ws: SocketAddr,
     pub twilio: FakeTwilio,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
@@ -241,6 +243,7 @@ impl TestApp {
         let mut app = Self {
             http: "127.0.0.1:0".parse().unwrap(),
             mqtt: "127.0.0.1:0".parse().unwrap(),
+            ws: "127.0.0.1:0".parse().unwrap(),
             twilio,
             client: reqwest::Client::new(),
             dir,
@@ -273,6 +276,7 @@ impl TestApp {
 listen = "127.0.0.1:0"
 [mqtt]
 listen = "127.0.0.1:0"
+ws_listen = "127.0.0.1:0"
 [storage]
 path = "{data}"
 [sms]
@@ -328,6 +332,7 @@ from = "{TWILIO_FROM}"
         };
         self.http = field(&ready, "http").parse().unwrap();
         self.mqtt = field(&ready, "mqtt").parse().unwrap();
+        self.ws = field(&ready, "ws").parse().unwrap();
         self.child = Some(child);
     }
 
@@ -414,6 +419,40 @@ from = "{TWILIO_FROM}"
                 .unwrap(),
         )
         .await
+    }
+
+    /// The code in the newest console email to `to` (the email provider is `console` unless
+    /// the test asked for SMTP), waiting for email number `n` to it.
+    pub async fn email_code(&self, to: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let needle = format!("email to {to}:");
+            let lines: Vec<String> = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(&needle))
+                .cloned()
+                .collect();
+            if lines.len() >= n {
+                return extract_code(lines[n - 1].split(&needle).nth(1).unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no email #{n} to {to} in the log"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn patch_me(&self, token: &str, body: Value) -> Answer {
+        let request = self
+            .client
+            .patch(self.url("/v1/me"))
+            .bearer_auth(token)
+            .json(&body);
+        Answer::from(request.send().await.unwrap()).await
     }
 
     /// `POST /v1/auth/verify` for a phone.
@@ -550,9 +589,18 @@ impl Mqtt {
         clean_session: bool,
     ) -> Result<Self, Option<ConnectReturnCode>> {
         let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        options.set_clean_session(clean_session);
+        Self::connect_with(options, username, password).await
+    }
+
+    /// Connects with `options` (e.g. over WebSocket), as `username` with `password`.
+    pub async fn connect_with(
+        mut options: MqttOptions,
+        username: &str,
+        password: &str,
+    ) -> Result<Self, Option<ConnectReturnCode>> {
         options.set_credentials(username, password);
         options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_session(clean_session);
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let first = tokio::time::timeout(MQTT_WAIT, eventloop.poll())

@@ -1,7 +1,9 @@
 //! One integration test binary: every test starts the real `tidings` binary (see `helpers`) and
 //! talks to it over real sockets.
 
+mod accounts;
 mod acl;
+mod conversations;
 mod durability;
 mod helpers;
 mod history;
@@ -11,3 +13,4 @@ mod login;
 mod messaging;
 mod mosquitto;
 mod tokens;
+mod websocket;
