@@ -16,7 +16,7 @@ async fn conversations_most_recent_first_with_last_message_and_unread() {
         .await;
     let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
     let mut bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
-    let mut carol_mqtt = app.mqtt_inbox(&carol, "carol").await;
+    let carol_mqtt = app.mqtt_inbox(&carol, "carol").await;
 
     assert_eq!(
         app.get("/v1/conversations", &ann.access).await.body,
