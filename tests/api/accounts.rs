@@ -99,19 +99,11 @@ async fn a_phone_user_adds_an_email_and_logs_in_with_either() {
     assert_eq!(answer.body["channel"], "email");
     let code = app.email_code("ann@example.com", 1).await;
     let wrong = if code == "000000" { "000001" } else { "000000" };
-    app.post_auth(
-        "/v1/me/email/verify",
-        &ann.access,
-        json!({"email": "ann@example.com", "code": wrong}),
-    )
-    .await
-    .assert_error(401, "invalid_code");
+    app.verify_added(&ann.access, "email", "ann@example.com", wrong)
+        .await
+        .assert_error(401, "invalid_code");
     let me = app
-        .post_auth(
-            "/v1/me/email/verify",
-            &ann.access,
-            json!({"email": "ann@example.com", "code": code}),
-        )
+        .verify_added(&ann.access, "email", "ann@example.com", &code)
         .await;
     assert_eq!(me.status, 200, "{me:?}");
     assert_eq!(
@@ -175,11 +167,7 @@ async fn an_email_user_adds_a_phone_and_logs_in_with_either() {
     );
     let code = app.twilio.code("+14155550199", 1).await;
     let me = app
-        .post_auth(
-            "/v1/me/phone/verify",
-            &bob.access,
-            json!({"phone": "+14155550199", "code": code}),
-        )
+        .verify_added(&bob.access, "phone", "+14155550199", &code)
         .await;
     assert_eq!(me.status, 200, "{me:?}");
     assert_eq!(me.body["phone"], "+14155550199");
@@ -205,13 +193,9 @@ async fn an_identity_of_another_account_is_409_already_taken() {
         202
     );
     let code = app.twilio.code("+14155550101", 2).await;
-    app.post_auth(
-        "/v1/me/phone/verify",
-        &bob.access,
-        json!({"phone": "+14155550101", "code": code}),
-    )
-    .await
-    .assert_error(409, "already_taken");
+    app.verify_added(&bob.access, "phone", "+14155550101", &code)
+        .await
+        .assert_error(409, "already_taken");
     // Nothing moved.
     assert_eq!(
         app.get("/v1/me", &bob.access).await.body["phone"],
@@ -265,27 +249,15 @@ async fn codes_for_adding_follow_the_login_rules() {
     .await
     .assert_error(401, "invalid_code");
     let bob = app.login("+14155550102").await;
-    app.post_auth(
-        "/v1/me/email/verify",
-        &bob.access,
-        json!({"email": "a@example.com", "code": code}),
-    )
-    .await
-    .assert_error(401, "invalid_code");
+    app.verify_added(&bob.access, "email", "a@example.com", &code)
+        .await
+        .assert_error(401, "invalid_code");
     // The owner still can, once.
     let me = app
-        .post_auth(
-            "/v1/me/email/verify",
-            &ann.access,
-            json!({"email": "a@example.com", "code": code}),
-        )
+        .verify_added(&ann.access, "email", "a@example.com", &code)
         .await;
     assert_eq!(me.status, 200);
-    app.post_auth(
-        "/v1/me/email/verify",
-        &ann.access,
-        json!({"email": "a@example.com", "code": code}),
-    )
-    .await
-    .assert_error(401, "invalid_code");
+    app.verify_added(&ann.access, "email", "a@example.com", &code)
+        .await
+        .assert_error(401, "invalid_code");
 }

@@ -446,6 +446,13 @@ from = "{TWILIO_FROM}"
         }
     }
 
+    /// `POST /v1/me/{kind}/verify` (`kind` is "email" or "phone") with `value` and `code`.
+    pub async fn verify_added(&self, token: &str, kind: &str, value: &str, code: &str) -> Answer {
+        let path = format!("/v1/me/{kind}/verify");
+        self.post_auth(&path, token, json!({ kind: value, "code": code }))
+            .await
+    }
+
     pub async fn patch_me(&self, token: &str, body: Value) -> Answer {
         let request = self
             .client
