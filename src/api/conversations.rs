@@ -3,6 +3,7 @@
 //! fills any gap it sees in `seq`).
 
 use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ struct ConversationRow<'a> {
 pub async fn list(
     State(state): State<AppState>,
     Authed(claims): Authed,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let me = claims.user_id;
     let mut summaries = state.store.conversations(&me)?;
     summaries.sort_by_key(|s| std::cmp::Reverse((s.last_at_ms, s.last_seq)));
@@ -52,7 +53,15 @@ pub async fn list(
             unread: state.store.unread(&me, &summary.peer)?,
         });
     }
-    Ok(Json(serde_json::json!({ "conversations": rows })))
+    #[derive(Serialize)]
+    struct Conversations<'a> {
+        conversations: Vec<ConversationRow<'a>>,
+    }
+    // Serialised here, while the rows still borrow the messages.
+    Ok(Json(&Conversations {
+        conversations: rows,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -73,7 +82,7 @@ pub async fn messages(
     Authed(claims): Authed,
     Path(peer): Path<String>,
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let peer = UserId::parse(&peer).map_err(|_| ApiError::not_found("no user has that id"))?;
     if state.store.user(&peer)?.is_none() {
@@ -101,5 +110,5 @@ pub async fn messages(
         messages: messages.iter().map(MessageEvent::from).collect(),
         has_more,
     };
-    Ok(Json(serde_json::to_value(body).expect("pages serialise")))
+    Ok(Json(&body).into_response())
 }
