@@ -28,6 +28,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::acl::{router_client_id, Topics};
+use super::takeover::Claim;
 use super::Shared;
 use crate::auth::{AuthError, Claims};
 use crate::domain::UserId;
@@ -54,7 +55,9 @@ enum End {
     Expired,
     LoggedOut,
     Shutdown,
-    /// The router dropped the link: the same client id connected again, or the router refused.
+    /// A newer connection with the same client id took over.
+    TakenOver,
+    /// The router dropped the link.
     Replaced,
 }
 
@@ -151,6 +154,8 @@ struct Session {
     will: Option<bytes::Bytes>,
     tx: LinkTx,
     rx: LinkRx,
+    /// The router client id is ours while this lives; dropped after leaving the router.
+    claim: Claim,
 }
 
 /// Reads and checks CONNECT; on success the CONNACK is sent and the link is open.
@@ -204,12 +209,11 @@ async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     } else {
         connect.client_id
     };
+    let router_id = router_client_id(&claims.user_id, &client_id);
+    let claim = shared.takeovers.claim(&router_id).await;
     let link = match shared
         .broker
-        .connect(
-            router_client_id(&claims.user_id, &client_id),
-            connect.clean_session,
-        )
+        .connect(router_id, connect.clean_session)
         .await
     {
         Ok(link) => link,
@@ -232,6 +236,7 @@ async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         will,
         tx: link.tx,
         rx: link.rx,
+        claim,
     };
     if !client.flush().await {
         session.leave_router();
@@ -280,6 +285,7 @@ impl Session {
             tokio::select! {
                 _ = super::stopped(&mut shutdown) => break End::Shutdown,
                 _ = &mut expiry => break End::Expired,
+                _ = self.claim.kick.notified() => break End::TakenOver,
                 _ = &mut keep_alive => break End::KeepAliveTimeout,
                 revoked = revocations.recv() => match revoked {
                     Ok(sid) if sid == self.claims.sid => break End::LoggedOut,

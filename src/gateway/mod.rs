@@ -19,6 +19,7 @@
 
 mod acl;
 mod connection;
+mod takeover;
 mod websocket;
 
 use std::net::SocketAddr;
@@ -40,6 +41,7 @@ struct Shared {
     auth: Arc<Auth>,
     broker: Broker,
     relay: RelaySender,
+    takeovers: Arc<takeover::Takeovers>,
 }
 
 pub struct Gateway {
@@ -80,6 +82,7 @@ impl Gateway {
                 auth,
                 broker,
                 relay,
+                takeovers: Arc::default(),
             }),
         })
     }

@@ -192,3 +192,71 @@ async fn a_persistent_session_gets_what_it_missed_while_briefly_away() {
         .unwrap();
     assert_eq!(back.event().await["body"], "while you were away");
 }
+
+#[tokio::test]
+async fn the_same_client_id_again_replaces_the_older_connection() {
+    let app = TestApp::spawn().await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let mut first = app.mqtt_inbox(&ann, "ann-phone").await;
+    let mut second = app.mqtt_inbox(&ann, "ann-phone").await;
+    first.assert_closed().await;
+    // Another user's device with the same client id is another session altogether.
+    let bob_mqtt = app.mqtt_inbox(&bob, "ann-phone").await;
+    bob_mqtt.send(&ann.user_id, "to the new one", "b-1").await;
+    assert_eq!(second.event().await["body"], "to the new one");
+}
+
+#[tokio::test]
+async fn takeovers_while_the_inbox_is_busy_leave_the_broker_serving() {
+    let app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__SENDS_PER_USER_PER_MINUTE", 0))
+            .await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    let flood = {
+        let client = bob_mqtt.client.clone();
+        let (from, to) = (bob.user_id.clone(), ann.user_id.clone());
+        tokio::spawn(async move {
+            for i in 0..2000 {
+                let command = json!({"type": "send", "to": to, "body": "flood", "client_msg_id": format!("f-{i}")});
+                let topic = format!("users/{from}/outbox");
+                if client
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, command.to_string())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    // Ann's phone keeps reconnecting with the same id while events pour in, reading none.
+    let mut phones = Vec::new();
+    for _ in 0..15 {
+        let phone = Mqtt::connect(app.mqtt, &ann.user_id, &ann.access, "ann-phone", false)
+            .await
+            .expect("connect");
+        phone
+            .client
+            .subscribe(
+                format!("users/{}/inbox", ann.user_id),
+                rumqttc::QoS::AtLeastOnce,
+            )
+            .await
+            .unwrap();
+        phones.push(phone);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    flood.await.unwrap();
+    drop(phones);
+    // The broker still works for everyone.
+    let mut laptop = app.mqtt_inbox(&ann, "ann-laptop").await;
+    bob_mqtt.send(&ann.user_id, "still alive?", "last").await;
+    loop {
+        if laptop.event().await["client_msg_id"] == "last" {
+            break;
+        }
+    }
+}
