@@ -62,10 +62,16 @@ bob_id=$(echo "$bob" | json_field user_id); bob_token=$(echo "$bob" | json_field
 [ -n "$ann_id" ] && [ -n "$bob_id" ] || fail "no user ids in the verify answers"
 
 step "Bob listens with mosquitto_sub"
-mosquitto_sub -h 127.0.0.1 -p "$mqtt_port" -i bob-phone -u "$bob_id" -P "$bob_token" -q 1 \
+# -d prints the protocol exchange too, so the demo can wait for the SUBACK before sending
+# (stdbuf: line by line, not when mosquitto_sub exits).
+stdbuf -oL mosquitto_sub -d -h 127.0.0.1 -p "$mqtt_port" -i bob-phone -u "$bob_id" -P "$bob_token" -q 1 \
   -t "users/$bob_id/inbox" -C 1 -W 15 >"$work/bob.txt" 2>"$work/bob.err" &
 sub=$!
-sleep 1
+for _ in $(seq 1 100); do
+  grep -q "received SUBACK" "$work/bob.txt" && break
+  sleep 0.1
+done
+grep -q "received SUBACK" "$work/bob.txt" || fail "mosquitto_sub did not subscribe: $(cat "$work/bob.txt" "$work/bob.err")"
 
 step "Ann sends with mosquitto_pub"
 mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -i ann-phone -u "$ann_id" -P "$ann_token" -q 1 \
@@ -74,7 +80,7 @@ mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -i ann-phone -u "$ann_id" -P "$ann_to
   || fail "mosquitto_pub"
 
 wait "$sub" || fail "mosquitto_sub got no event: $(cat "$work/bob.err")"
-event=$(cat "$work/bob.txt")
+event=$(grep '^{' "$work/bob.txt" | tail -1)
 step "Bob received: $event"
 echo "$event" | grep -q '"type":"message"' || fail "not a message event"
 echo "$event" | grep -q "\"from\":\"$ann_id\"" || fail "not from Ann"

@@ -1,13 +1,21 @@
 //! The walk-through of the README with the real `mosquitto_pub` and `mosquitto_sub`.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::helpers::*;
 
 fn mosquitto(tool: &str, app: &TestApp, user: &Tokens) -> Command {
-    let mut command = Command::new(tool);
+    let mut command = if tool == "stdbuf" {
+        let mut line_buffered = Command::new("stdbuf");
+        line_buffered.args(["-oL", "mosquitto_sub"]);
+        line_buffered
+    } else {
+        Command::new(tool)
+    };
     command
         .args([
             "-h",
@@ -25,9 +33,12 @@ async fn mosquitto_pub_to_mosquitto_sub() {
     let ann = app.login("+14155550101").await;
     let bob = app.login("+14155550102").await;
 
-    // Bob listens for one event (at most 10 s).
-    let sub = mosquitto("mosquitto_sub", &app, &bob)
+    // Bob listens for one event (at most 10 s); -d also prints the protocol exchange, so the
+    // test can wait for the SUBACK, and the event is the line that is JSON. stdbuf makes it
+    // write line by line into the pipe rather than all at exit.
+    let mut sub = mosquitto("stdbuf", &app, &bob)
         .args([
+            "-d",
             "-i",
             "bob-phone",
             "-t",
@@ -40,8 +51,19 @@ async fn mosquitto_pub_to_mosquitto_sub() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub is installed (scripts/install-test-deps)");
-    // Wait for its subscription (mosquitto_sub prints nothing before the first event).
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let stdout = BufReader::new(sub.stdout.take().unwrap());
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait = Duration::from_secs(10);
+    while !lines
+        .recv_timeout(wait)
+        .expect("mosquitto_sub subscribes")
+        .contains("received SUBACK")
+    {}
 
     let command = json!({"type": "send", "to": bob.user_id, "body": "hello from mosquitto", "client_msg_id": "m-1"});
     let status = mosquitto("mosquitto_pub", &app, &ann)
@@ -57,12 +79,20 @@ async fn mosquitto_pub_to_mosquitto_sub() {
         .unwrap();
     assert!(status.success());
 
-    let output = tokio::task::spawn_blocking(move || sub.wait_with_output())
+    let event_line = loop {
+        let line = lines
+            .recv_timeout(wait)
+            .expect("mosquitto_sub got an event");
+        if line.starts_with('{') {
+            break line;
+        }
+    };
+    assert!(tokio::task::spawn_blocking(move || sub.wait())
         .await
         .unwrap()
-        .unwrap();
-    assert!(output.status.success(), "mosquitto_sub got no event");
-    let event: Value = serde_json::from_slice(&output.stdout).unwrap();
+        .unwrap()
+        .success());
+    let event: Value = serde_json::from_str(&event_line).unwrap();
     assert_eq!(event["type"], "message");
     assert_eq!(event["from"], ann.user_id.as_str());
     assert_eq!(event["body"], "hello from mosquitto");
