@@ -13,10 +13,10 @@ use rumqttd::local::{LinkBuilder, LinkRx, LinkTx};
 use rumqttd::protocol::Packet;
 use rumqttd::{Router, RouterConfig};
 
-/// rumqttd keeps, per subscribed topic (one per user's inbox), up to
-/// `SEGMENT_BYTES * SEGMENT_COUNT` of events for devices that are away. Older events are
-/// dropped from the broker (never from history), which bounds its memory.
-const SEGMENT_BYTES: usize = 128 * 1024;
+/// rumqttd keeps, per subscribed topic (one per user's inbox), `SEGMENT_COUNT` segments of
+/// events, `mqtt.inbox_buffer_bytes` in all, for devices that are away or lag behind. Older
+/// events are dropped from the broker (never from history), which bounds its memory; rumqttd
+/// never frees a topic's log, so the bound is per user who has subscribed since the start.
 const SEGMENT_COUNT: usize = 2;
 
 /// `rumqttd`'s router channel type cannot be named from outside the crate, so the builder is
@@ -43,11 +43,12 @@ pub struct Link {
 
 impl Broker {
     /// Spawns the router on its own thread.
-    pub fn start(max_connections: usize) -> Self {
+    pub fn start(max_connections: usize, inbox_buffer_bytes: usize) -> Self {
         let config = RouterConfig {
             max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: SEGMENT_BYTES,
+            // rumqttd's router panics on segments under 1 KiB.
+            max_segment_size: (inbox_buffer_bytes / SEGMENT_COUNT).max(1024),
             max_segment_count: SEGMENT_COUNT,
             ..RouterConfig::default()
         };

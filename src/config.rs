@@ -40,6 +40,8 @@ pub struct MqttSettings {
     /// MQTT over WebSocket; off while absent.
     #[serde(default)]
     pub ws_listen: Option<String>,
+    /// Bytes of events the broker keeps per inbox for devices that are away or behind.
+    pub inbox_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -214,6 +216,9 @@ impl Settings {
     fn check(&self) -> Result<(), ConfigError> {
         let bad =
             |key: &str, why: String| Err(ConfigError(format!("bad configuration: {key}: {why}")));
+        if self.mqtt.inbox_buffer_bytes < 4096 {
+            return bad("mqtt.inbox_buffer_bytes", "must be at least 4096".into());
+        }
         if self.auth.access_ttl_secs == 0 {
             return bad("auth.access_ttl_secs", "must be at least 1".into());
         }

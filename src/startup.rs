@@ -66,7 +66,7 @@ impl Application {
             sms,
             email,
         ));
-        let broker = Broker::start(MAX_MQTT_CONNECTIONS);
+        let broker = Broker::start(MAX_MQTT_CONNECTIONS, settings.mqtt.inbox_buffer_bytes);
         let (relay_tx, relay) = relay::spawn(
             store.clone(),
             &broker,
