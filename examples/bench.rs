@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         PACED_MESSAGES,
     )
     .await?;
+    let mosquitto_rss = mosquitto.peak_rss_mib();
     drop(mosquitto);
 
     let tidings = Broker::tidings(&tidings_bin)?;
@@ -52,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let target = Target::Tidings(tidings.addr, users);
     let tidings_flat = run(&target, None, MESSAGES).await?;
     let tidings_paced = run(&target, Some(PACED_RATE), PACED_MESSAGES).await?;
+    let tidings_rss = tidings.peak_rss_mib();
     drop(tidings);
 
     for (title, base, ours) in [
@@ -88,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
             ours.p99_ms / base.p99_ms
         );
     }
+    println!("\npeak RSS: mosquitto {mosquitto_rss:.1} MiB, tidings {tidings_rss:.1} MiB");
     Ok(())
 }
 
@@ -372,6 +375,19 @@ impl Broker {
             .chunks(2)
             .map(|p| (p[0].clone(), p[1].clone()))
             .collect())
+    }
+}
+
+impl Broker {
+    /// The process's peak resident memory (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kib| kib / 1024.0)
     }
 }
 
