@@ -13,10 +13,21 @@ use crate::domain::Email;
 pub struct SmtpEmail {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// The whole exchange's deadline: lettre's own timeout does not cover a server that
+    /// accepts the connection and never greets.
+    timeout: std::time::Duration,
 }
 
 impl SmtpEmail {
     pub fn new(settings: &SmtpSettings) -> anyhow::Result<Self> {
+        Self::with_timeout(settings, PROVIDER_TIMEOUT)
+    }
+
+    /// As [`SmtpEmail::new`], with another limit on each SMTP command.
+    pub fn with_timeout(
+        settings: &SmtpSettings,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let builder = match settings.tls {
             SmtpTls::None => {
                 AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
@@ -26,7 +37,7 @@ impl SmtpEmail {
             }
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&settings.host)?,
         };
-        let mut builder = builder.port(settings.port).timeout(Some(PROVIDER_TIMEOUT));
+        let mut builder = builder.port(settings.port).timeout(Some(timeout));
         if !settings.username.is_empty() {
             builder = builder.credentials(Credentials::new(
                 settings.username.clone(),
@@ -36,6 +47,7 @@ impl SmtpEmail {
         Ok(Self {
             transport: builder.build(),
             from: settings.from.parse()?,
+            timeout,
         })
     }
 }
@@ -59,11 +71,49 @@ impl EmailSender for SmtpEmail {
                 .header(ContentType::TEXT_PLAIN)
                 .body(body.to_owned())
                 .map_err(|e| SendError::Permanent(format!("cannot build email: {e}")))?;
-            match self.transport.send(message).await {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("smtp: {e}"))),
-                Err(e) => Err(SendError::Transient(format!("smtp: {e}"))),
+            match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(format!("smtp: {e}"))),
+                Ok(Err(e)) => Err(SendError::Transient(format!("smtp: {e}"))),
+                Err(_) => Err(SendError::Transient(format!(
+                    "smtp: no answer within {:?}",
+                    self.timeout
+                ))),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::Secret;
+
+    #[tokio::test]
+    async fn a_server_that_does_not_greet_is_a_transient_failure_after_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let settings = SmtpSettings {
+            host: "127.0.0.1".into(),
+            port,
+            username: String::new(),
+            password: Secret::default(),
+            from: "tidings <codes@tidings.test>".into(),
+            tls: SmtpTls::None,
+        };
+        let email = SmtpEmail::with_timeout(&settings, Duration::from_millis(300)).unwrap();
+        let to = Email::parse("ann@example.com").unwrap();
+        let started = Instant::now();
+        let result = email.send(&to, "subject", "body").await;
+        assert!(matches!(result, Err(SendError::Transient(_))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }

@@ -15,9 +15,17 @@ pub struct TwilioSms {
 
 impl TwilioSms {
     pub fn new(settings: &TwilioSettings) -> anyhow::Result<Self> {
+        Self::with_timeout(settings, PROVIDER_TIMEOUT)
+    }
+
+    /// As [`TwilioSms::new`], with another limit on each request.
+    pub fn with_timeout(
+        settings: &TwilioSettings,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
-            .timeout(PROVIDER_TIMEOUT)
-            .connect_timeout(PROVIDER_TIMEOUT / 2)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .build()?;
         Ok(Self {
             client,
@@ -71,5 +79,41 @@ impl SmsSender for TwilioSms {
                 Err(SendError::Permanent(why))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A gateway that accepts connections and never answers.
+    async fn silent_gateway() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_does_not_answer_is_a_transient_failure_after_the_timeout() {
+        let settings = TwilioSettings {
+            base_url: silent_gateway().await,
+            account_sid: "AC1".into(),
+            auth_token: Secret::new("t"),
+            from: "+15005550006".into(),
+        };
+        let sms = TwilioSms::with_timeout(&settings, Duration::from_millis(300)).unwrap();
+        let to = PhoneNumber::parse("+14155550101").unwrap();
+        let started = Instant::now();
+        let result = sms.send(&to, "hello").await;
+        assert!(matches!(result, Err(SendError::Transient(_))), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 }

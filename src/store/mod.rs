@@ -72,10 +72,17 @@ struct Inner {
 impl Store {
     /// Opens (creating if missing) the database in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        if !path.exists() {
+            // Everyone's messages live here: only the server's user may read them.
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(path).map_err(|source| StoreError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
         let db = sled::Config::new().path(path).open()?;
         let data_file_path = path.join("db");
         let data_file = File::open(&data_file_path).map_err(|source| StoreError::Io {

@@ -14,6 +14,12 @@ async fn sigterm_stops_cleanly_and_a_restart_keeps_accounts_and_tokens() {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "the generated JWT secret is private");
+        let mode = std::fs::metadata(app.data_path())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700, "the data directory is private");
     }
     let started = std::time::Instant::now();
     assert!(app.stop().success(), "exit 0 on SIGTERM");
