@@ -27,6 +27,8 @@ use crate::store::{ConversationId, Message, Store, StoreError};
 const QUEUE: usize = 4096;
 /// The most commands in one batch (one transaction, one fsync).
 const MAX_BATCH: usize = 1024;
+/// Conversations whose last seq is cached; past this the cache starts over from the store.
+const MAX_CACHED_SEQS: usize = 100_000;
 
 /// One outbox publish, as the gateway received it from an authenticated user.
 #[derive(Debug)]
@@ -116,6 +118,10 @@ impl Relay {
     }
 
     fn process(&mut self, batch: &mut Vec<Submission>) {
+        if self.seqs.len() >= MAX_CACHED_SEQS {
+            // Only between batches: then the store has every seq handed out so far.
+            self.seqs.clear();
+        }
         let mut fresh: Vec<Message> = Vec::new();
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<(UserId, ClientMsgId), usize> = HashMap::new();
