@@ -215,23 +215,7 @@ async fn takeovers_while_the_inbox_is_busy_leave_the_broker_serving() {
     let ann = app.login("+14155550101").await;
     let bob = app.login("+14155550102").await;
     let bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
-    let flood = {
-        let client = bob_mqtt.client.clone();
-        let (from, to) = (bob.user_id.clone(), ann.user_id.clone());
-        tokio::spawn(async move {
-            for i in 0..2000 {
-                let command = json!({"type": "send", "to": to, "body": "flood", "client_msg_id": format!("f-{i}")});
-                let topic = format!("users/{from}/outbox");
-                if client
-                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, command.to_string())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        })
-    };
+    let flood = bob_mqtt.stream_sends(&ann.user_id, 2000, "f-");
     // Ann's phone keeps reconnecting with the same id while events pour in, reading none.
     let mut phones = Vec::new();
     for _ in 0..15 {

@@ -55,25 +55,7 @@ async fn kill_9_while_streaming_loses_no_acknowledged_message_and_doubles_none()
 
     for round in 0..3 {
         let mut mqtt = app.mqtt_inbox(&ann, "ann-phone").await;
-        let client = mqtt.client.clone();
-        let to = bob.user_id.clone();
-        let from = ann.user_id.clone();
-        let streamer = tokio::spawn(async move {
-            for i in 0..SENDS {
-                let command = serde_json::json!({
-                    "type": "send", "to": to, "body": format!("round {round} #{i}"),
-                    "client_msg_id": format!("r{round}-{i}"),
-                });
-                let topic = format!("users/{from}/outbox");
-                if client
-                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, command.to_string())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
+        let streamer = mqtt.stream_sends(&bob.user_id, SENDS, &format!("r{round}-"));
         // Let some sends be acknowledged, then pull the plug mid-stream.
         let mut this_round = Vec::new();
         while this_round.len() < 100 {

@@ -657,6 +657,31 @@ impl Mqtt {
         }
     }
 
+    /// Sends `count` messages to `to` in the background, as fast as the client goes, with
+    /// client_msg_ids `{prefix}{i}`; stops early when the connection drops.
+    pub fn stream_sends(
+        &self,
+        to: &str,
+        count: usize,
+        prefix: &str,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let topic = format!("users/{}/outbox", self.user_id);
+        let (to, prefix) = (to.to_owned(), prefix.to_owned());
+        tokio::spawn(async move {
+            for i in 0..count {
+                let command = json!({"type": "send", "to": to, "body": format!("message {i}"), "client_msg_id": format!("{prefix}{i}")});
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, command.to_string())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    }
+
     /// Publishes a `send` command to the own outbox.
     pub async fn send(&self, to: &str, body: &str, client_msg_id: &str) {
         let command =
