@@ -191,6 +191,16 @@ impl Publish {
         }
     }
 
+    /// The packet identifier (0 at QoS 0). Readable so that a local link can match the
+    /// client's PUBACK to the publish it was forwarded.
+    pub fn pkid(&self) -> u16 {
+        self.pkid
+    }
+
+    pub fn qos(&self) -> QoS {
+        self.qos
+    }
+
     pub fn is_empty(&self) -> bool {
         false
     }
