@@ -336,7 +336,7 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            cache: VecDeque::new(),
         }
     }
 
@@ -352,10 +352,11 @@ impl LinkRx {
             Some(v) => Ok(Some(v)),
             None => {
                 // If cache is empty, check for router trigger and get fresh notifications
+                self.release_cache();
                 self.router_rx.recv()?;
                 // Collect 'all' the data in the buffer after a notification.
                 // Notification means fresh data which isn't previously collected
-                mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
+                self.take_buffer();
                 Ok(self.cache.pop_front())
             }
         }
@@ -369,8 +370,9 @@ impl LinkRx {
             Some(v) => Ok(Some(v)),
             None => {
                 // If cache is empty, check for router trigger and get fresh notifications
+                self.release_cache();
                 self.router_rx.recv_deadline(deadline)?;
-                mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
+                self.take_buffer();
                 Ok(self.cache.pop_front())
             }
         }
@@ -384,10 +386,11 @@ impl LinkRx {
             Some(v) => Ok(Some(v)),
             None => {
                 // If cache is empty, check for router trigger and get fresh notifications
+                self.release_cache();
                 self.router_rx.recv_async().await?;
                 // Collect 'all' the data in the buffer after a notification.
                 // Notification means fresh data which isn't previously collected
-                mem::swap(&mut *self.send_buffer.lock(), &mut self.cache);
+                self.take_buffer();
                 Ok(self.cache.pop_front())
             }
         }
@@ -400,6 +403,19 @@ impl LinkRx {
         self.router_rx.recv_async().await?;
         mem::swap(&mut *self.send_buffer.lock(), notifications);
         Ok(())
+    }
+
+    /// Drops the drained cache before waiting, so that an idle link holds no buffer.
+    fn release_cache(&mut self) {
+        if self.cache.capacity() > 0 {
+            self.cache = VecDeque::new();
+        }
+    }
+
+    /// Takes the router's buffer whole, leaving it an empty one that grows on demand. (A swap
+    /// would hand the router the drained cache, so both sides kept the largest batch's capacity.)
+    fn take_buffer(&mut self) {
+        self.cache = mem::take(&mut *self.send_buffer.lock());
     }
 
     pub fn ready(&self) -> Result<(), LinkError> {

@@ -380,8 +380,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // Grow on demand: most connections have few acks pending at a time.
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 

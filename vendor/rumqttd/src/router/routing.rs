@@ -140,7 +140,7 @@ impl Router {
             router_rx,
             router_tx,
             router_meters: router_metrics,
-            cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
+            cache: Some(VecDeque::new()),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
         }
@@ -880,6 +880,9 @@ impl Router {
             }
         }
 
+        // The drained buffer is handed to the next connection by `exchange`: without this, every
+        // connection would end up holding the capacity of the largest batch any of them sent.
+        packets.shrink_to(0);
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -1381,7 +1384,8 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
 
     // Unlike forwards, we are reading all the pending acks for a given connection.
     // At any given point of time, there can be a max of connection's buffer size
-    for ack in acks.drain(..) {
+    // Taken rather than drained, so that the log gives back its capacity once the acks are out.
+    for ack in std::mem::take(acks) {
         let pkid = packetid(&ack);
         trace!(pkid, "Ack added for pkid {}", pkid);
         let message = Notification::DeviceAck(ack);
