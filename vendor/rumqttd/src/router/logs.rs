@@ -72,7 +72,9 @@ impl DataLog {
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
-                let data = Data::new(&filter, &config);
+                let mut data = Data::new(&filter, &config);
+                // The config asks for this log: it is never freed.
+                data.subscriptions = 1;
 
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
@@ -140,6 +142,40 @@ impl DataLog {
                 }
 
                 Some(v)
+            }
+        }
+    }
+
+    /// One more subscription (of a live connection or a kept session) reads this log.
+    pub fn retain_filter(&mut self, filter_idx: FilterIdx) {
+        if let Some(data) = self.native.get_mut(filter_idx) {
+            data.subscriptions += 1;
+        }
+    }
+
+    /// One subscription fewer reads `filter`'s log. The log is freed once none is left, so
+    /// that a filter nobody needs any more (a user who went away) costs nothing.
+    pub fn release_filter(&mut self, filter: &str) {
+        let Some(&idx) = self.filter_indexes.get(filter) else {
+            return;
+        };
+        let data = &mut self.native[idx];
+        data.subscriptions = data.subscriptions.saturating_sub(1);
+        if data.subscriptions > 0 {
+            return;
+        }
+        self.filter_indexes.remove(filter);
+        self.native.remove(idx);
+        // Topics cached as matching this filter: without wildcards, only the filter itself.
+        if filter.contains(['+', '#']) {
+            self.publish_filters.retain(|_, idxs| {
+                idxs.retain(|&i| i != idx);
+                !idxs.is_empty()
+            });
+        } else if let Some(idxs) = self.publish_filters.get_mut(filter) {
+            idxs.retain(|&i| i != idx);
+            if idxs.is_empty() {
+                self.publish_filters.remove(filter);
             }
         }
     }
@@ -313,6 +349,9 @@ pub struct Data<T> {
     pub log: CommitLog<T>,
     pub waiters: Waiters<DataRequest>,
     meter: SubscriptionMeter,
+    /// Subscriptions, of live connections and kept sessions, that read this log; it is freed
+    /// when the last one goes.
+    subscriptions: usize,
 }
 
 impl<T> Data<T>
@@ -345,6 +384,7 @@ where
             log,
             waiters,
             meter: metrics,
+            subscriptions: 0,
         }
     }
 

@@ -329,7 +329,13 @@ impl Router {
             )
         } else {
             // Only retrieve metrics in clean session
-            connection.events = saved.map_or_else(ConnectionEvents::default, |s| s.metrics);
+            connection.events = saved.map_or_else(ConnectionEvents::default, |s| {
+                // A kept session this clean one discards: its subscriptions go with it.
+                for subscription in s.session_state.iter().flat_map(|s| &s.subscriptions) {
+                    release_filter(&mut self.datalog, subscription);
+                }
+                s.metrics
+            });
             Tracker::new(client_id.clone())
         };
 
@@ -478,6 +484,13 @@ impl Router {
         for filter in connection.subscriptions.iter() {
             if let Some(connections) = self.subscription_map.get_mut(filter) {
                 connections.remove(&id);
+                if connections.is_empty() {
+                    self.subscription_map.remove(filter);
+                }
+            }
+            // A clean session's subscriptions end here; a kept one's live on in the graveyard.
+            if connection.clean {
+                release_filter(&mut self.datalog, filter);
             }
         }
 
@@ -720,6 +733,9 @@ impl Router {
                             if !removed {
                                 continue;
                             }
+                            if connection_ids.is_empty() {
+                                self.subscription_map.remove(filter);
+                            }
 
                             let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
                             meter.unregister_subscription(filter);
@@ -756,6 +772,7 @@ impl Router {
                             ackslog.unsuback(unsuback);
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
+                            release_filter(&mut self.datalog, filter);
                             force_ack = true;
                         }
                     }
@@ -968,6 +985,7 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            self.datalog.retain_filter(filter_idx);
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -1752,6 +1770,15 @@ fn validate_clientid(client_id: &str) -> Result<(), RouterError> {
     }
 
     Ok(())
+}
+
+/// One subscription fewer reads the log of `subscription` (for a shared one,
+/// `$share/group/filter`, the log of `filter`); the log is freed when none is left.
+fn release_filter(datalog: &mut DataLog, subscription: &str) {
+    match extract_group(subscription) {
+        Some((_group, filter)) => datalog.release_filter(&filter),
+        None => datalog.release_filter(subscription),
+    }
 }
 
 fn extract_group(filter: &str) -> Option<(String, String)> {
