@@ -534,12 +534,9 @@ impl Router {
                 connection.events,
                 outgoing.unacked_pubrels,
             );
-        } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
         }
+        // A clean session leaves nothing behind: keeping its metrics kept every client id ever
+        // seen, and a client reconnecting with fresh ids could grow the router without bound.
         self.router_meters.total_connections -= 1;
     }
 
