@@ -39,7 +39,9 @@ impl Storage for PublishData {
     // TODO: calculate size of publish properties as well!
     fn size(&self) -> usize {
         let publish = &self.publish;
-        4 + publish.topic.len() + publish.payload.len()
+        // The entry itself counts too: with small payloads it is most of the memory, and
+        // counting only topic and payload let a segment hold several times its configured size.
+        std::mem::size_of::<Self>() + publish.topic.len() + publish.payload.len()
     }
 }
 
