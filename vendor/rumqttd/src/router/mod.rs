@@ -348,14 +348,21 @@ pub struct IncomingMeter {
     total_publishes: MeterData,
 }
 
+/// Topics a connection's meter counts one by one; publishes to further topics count in its
+/// totals only. Without a bound, a connection that publishes to many topics (say, one per
+/// user) kept a meter for every topic it ever used, for as long as it lived.
+const MAX_METERED_TOPICS: usize = 1024;
+
 impl IncomingMeter {
     pub fn register_publish(&mut self, publish: &Publish) -> Result<(), std::str::Utf8Error> {
-        let meter = {
-            let topic = std::str::from_utf8(&publish.topic)?.to_string();
-            self.publishes.entry(topic).or_default()
-        };
-        meter.count += 1;
-        meter.size += publish.len();
+        let topic = std::str::from_utf8(&publish.topic)?;
+        if !self.publishes.contains_key(topic) && self.publishes.len() < MAX_METERED_TOPICS {
+            self.publishes.insert(topic.to_owned(), MeterData::default());
+        }
+        if let Some(meter) = self.publishes.get_mut(topic) {
+            meter.count += 1;
+            meter.size += publish.len();
+        }
 
         self.total_publishes.count += 1;
         self.total_publishes.size += publish.len();
