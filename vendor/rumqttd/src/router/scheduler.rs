@@ -32,16 +32,27 @@ impl Scheduler {
 
     /// Next connection which is ready to make progress
     pub fn poll(&mut self) -> Option<(ConnectionId, VecDeque<DataRequest>)> {
-        let id = self.readyqueue.pop_front()?;
-        let tracker = self.trackers.get_mut(id)?;
+        // A connection that disconnected while scheduled leaves its id in the ready queue (and
+        // its slot may since belong to a connection that is paused). Skip such entries: returning
+        // `None` for one told the router that nothing was ready, and it blocked on its channel
+        // while the connections behind it waited.
+        loop {
+            let id = self.readyqueue.pop_front()?;
+            let Some(tracker) = self.trackers.get_mut(id) else {
+                continue;
+            };
+            if tracker.status != Status::Ready {
+                continue;
+            }
 
-        // drain will clear all DataRequest but will keep the allocated memory of our VecDeque.
-        let data_requests = tracker.data_requests.drain(..).collect();
+            // drain will clear all DataRequest but will keep the allocated memory of our VecDeque.
+            let data_requests = tracker.data_requests.drain(..).collect();
 
-        // Implicitly reschedule the connection. Router will take care of explicitly pausing if
-        // required (it has the state necessary to determine if pausing is required)
-        self.readyqueue.push_back(id);
-        Some((id, data_requests))
+            // Implicitly reschedule the connection. Router will take care of explicitly pausing if
+            // required (it has the state necessary to determine if pausing is required)
+            self.readyqueue.push_back(id);
+            return Some((id, data_requests));
+        }
     }
 
     pub fn track(&mut self, id: ConnectionId, request: DataRequest) {
