@@ -1,7 +1,7 @@
 //! The patched rumqttd (`vendor/rumqttd`, see its `PATCHES.md`), tested through its public API:
 //! a router, local links, and a global allocator that counts live heap bytes, so that "costs
 //! little" and "gives memory back" are numbers a test can check. Each test here fails on the
-//! unpatched 0.20.0 source.
+//! unpatched 0.20.0 source; the patch numbers are those of `PATCHES.md`.
 //!
 //! The tests share one allocator counter, so they run one at a time (`SERIAL`).
 
@@ -171,7 +171,7 @@ fn settle(probe: &mut (LinkTx, LinkRx)) {
 }
 
 /// A connection that subscribed and then sits idle costs a few KiB, not the ~430 KiB of
-/// preallocated buffers (patch 1) and an empty commit-log segment (patch 2).
+/// preallocated buffers (patch 2) and an empty commit-log segment (patch 3).
 #[test]
 fn an_idle_subscribed_link_costs_a_few_kib() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,7 +198,7 @@ fn an_idle_subscribed_link_costs_a_few_kib() {
 }
 
 /// A filter nobody subscribes to any more, and no kept session needs, gives its log back
-/// (patch 3); a clean session leaves nothing behind in the graveyard (patch 4).
+/// (patch 4); a clean session leaves nothing behind in the graveyard (patch 5).
 #[test]
 fn subscribers_that_come_and_go_leave_nothing_behind() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -236,7 +236,7 @@ fn subscribers_that_come_and_go_leave_nothing_behind() {
 }
 
 /// Fresh client ids (up to 4 KiB each, as a hostile client may send) on clean sessions leave
-/// no graveyard entries behind (patch 4).
+/// no graveyard entries behind (patch 5).
 #[test]
 fn fresh_client_ids_leave_no_graveyard() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -357,7 +357,7 @@ fn unsubscribed_filters_are_freed_and_can_come_back() {
 }
 
 /// A link that publishes to many topics (tidings' relay publishes to every user's inbox) does
-/// not keep a meter per topic forever (patch 6).
+/// not keep a meter per topic forever (patch 7).
 #[test]
 fn a_publisher_to_many_topics_stays_small() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -383,7 +383,7 @@ fn a_publisher_to_many_topics_stays_small() {
 }
 
 /// A commit log's segment size counts what its entries hold in memory, so a filter's buffer
-/// is bounded by what the config says (patch 5).
+/// is bounded by what the config says (patch 6).
 #[test]
 fn a_filter_log_holds_what_its_segments_allow() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -423,7 +423,7 @@ fn a_filter_log_holds_what_its_segments_allow() {
 }
 
 /// After links disconnect while they were scheduled, the router keeps serving the live ones
-/// (patch 7): before, it popped a dead id, took that for "nothing ready" and blocked on its
+/// (patch 8): before, it popped a dead id, took that for "nothing ready" and blocked on its
 /// channel while a live link waited for data it already had.
 #[test]
 fn the_router_does_not_stall_on_links_that_left() {
