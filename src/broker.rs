@@ -15,9 +15,12 @@ use rumqttd::{Router, RouterConfig};
 
 /// rumqttd keeps, per subscribed topic (one per user's inbox), `SEGMENT_COUNT` segments of
 /// events, `mqtt.inbox_buffer_bytes` in all, for devices that are away or lag behind. Older
-/// events are dropped from the broker (never from history), which bounds its memory; rumqttd
-/// never frees a topic's log, so the bound is per user who has subscribed since the start.
+/// events are dropped from the broker (never from history), which bounds its memory; the
+/// patched rumqttd frees a topic's log when no connection or kept session needs it.
 const SEGMENT_COUNT: usize = 2;
+/// Router links beyond the client connections: the relay's, and the short-lived ones that
+/// discard kept sessions.
+const SPARE_LINKS: usize = 64;
 
 /// `rumqttd`'s router channel type cannot be named from outside the crate, so the builder is
 /// kept as a closure over it.
@@ -42,10 +45,10 @@ pub struct Link {
 }
 
 impl Broker {
-    /// Spawns the router on its own thread.
+    /// Spawns the router on its own thread, for up to `max_connections` client connections.
     pub fn start(max_connections: usize, inbox_buffer_bytes: usize) -> Self {
         let config = RouterConfig {
-            max_connections,
+            max_connections: max_connections + SPARE_LINKS,
             max_outgoing_packet_count: 200,
             // rumqttd's router panics on segments under 1 KiB.
             max_segment_size: (inbox_buffer_bytes / SEGMENT_COUNT).max(1024),

@@ -42,6 +42,13 @@ pub struct MqttSettings {
     pub ws_listen: Option<String>,
     /// Bytes of events the broker keeps per inbox for devices that are away or behind.
     pub inbox_buffer_bytes: usize,
+    /// MQTT connections of all users together; past it, CONNACK "server unavailable".
+    pub max_connections: usize,
+    /// MQTT connections of one user (one per device); past it, CONNACK "server unavailable",
+    /// and no more kept sessions than this either.
+    pub max_connections_per_user: usize,
+    /// How long a `clean_session = false` session is kept for a device that went away.
+    pub session_expiry_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +225,12 @@ impl Settings {
             |key: &str, why: String| Err(ConfigError(format!("bad configuration: {key}: {why}")));
         if self.mqtt.inbox_buffer_bytes < 4096 {
             return bad("mqtt.inbox_buffer_bytes", "must be at least 4096".into());
+        }
+        if self.mqtt.max_connections == 0 {
+            return bad("mqtt.max_connections", "must be at least 1".into());
+        }
+        if self.mqtt.max_connections_per_user == 0 {
+            return bad("mqtt.max_connections_per_user", "must be at least 1".into());
         }
         if self.auth.access_ttl_secs == 0 {
             return bad("auth.access_ttl_secs", "must be at least 1".into());

@@ -21,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod gateway;
@@ -28,5 +29,7 @@ pub mod limits;
 pub mod notify;
 pub mod payloads;
 pub mod relay;
+pub mod shutdown;
 pub mod startup;
 pub mod store;
+pub mod topics;

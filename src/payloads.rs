@@ -6,8 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 
-use crate::domain::{Body, ClientMsgId, InvalidBody, UserId};
-use crate::store::Message;
+use crate::domain::{Body, ClientMsgId, InvalidBody, Message, MessageId, UserId};
 
 /// An outbox command, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +145,25 @@ pub fn message_event(message: &Message) -> Vec<u8> {
     serde_json::to_vec(&MessageEvent::from(message)).expect("events serialise")
 }
 
+/// The id and recipient of a `message` event, read from the fixed order in which
+/// [`message_event`] writes its first fields (`type`, `id`, `from`, `to`) rather than by
+/// parsing the JSON: the gateway does this for every event it forwards. `None` for any other
+/// payload.
+pub fn message_event_head(event: &[u8]) -> Option<(MessageId, UserId)> {
+    let rest = event.strip_prefix(br#"{"type":"message","id":""#)?;
+    let (id, rest) = rest.split_at_checked(MessageId::LEN)?;
+    let rest = rest.strip_prefix(br#"","from":""#)?;
+    let (_from, rest) = rest.split_at_checked(2 * UserId::BYTES)?;
+    let rest = rest.strip_prefix(br#"","to":""#)?;
+    let (to, rest) = rest.split_at_checked(2 * UserId::BYTES)?;
+    if !rest.starts_with(b"\"") {
+        return None;
+    }
+    let id = MessageId::parse(std::str::from_utf8(id).ok()?)?;
+    let to = UserId::parse(std::str::from_utf8(to).ok()?).ok()?;
+    Some((id, to))
+}
+
 pub fn error_event(error: &CommandError) -> Vec<u8> {
     #[derive(Serialize)]
     struct ErrorEvent<'a> {
@@ -205,6 +223,27 @@ mod tests {
             rfc3339_millis(1_795_514_400_000),
             "2026-11-24T10:00:00.000Z"
         );
+    }
+
+    #[test]
+    fn the_head_of_a_message_event_reads_without_parsing() {
+        let message = Message {
+            id: MessageId::random(),
+            from: UserId::random(),
+            to: UserId::random(),
+            body: Body::parse("\"tricky\",\"to\":\"x".into()).unwrap(),
+            seq: 3,
+            sent_at_ms: 1_795_514_400_123,
+            client_msg_id: ClientMsgId::parse("c-1".into()).unwrap(),
+        };
+        let event = message_event(&message);
+        assert_eq!(
+            message_event_head(&event),
+            Some((message.id.clone(), message.to))
+        );
+        assert_eq!(message_event_head(&read_event(&message.from, 3)), None);
+        assert_eq!(message_event_head(&event[..40]), None);
+        assert_eq!(message_event_head(b"{\"type\":\"message\"}"), None);
     }
 
     #[test]

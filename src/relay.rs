@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttd::local::LinkTx;
@@ -18,10 +18,10 @@ use rumqttd::Notification;
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
-use crate::domain::{ClientMsgId, MessageId, UserId};
+use crate::domain::{ClientMsgId, ConversationId, Message, MessageId, UserId};
 use crate::limits::{RateLimiter, Rule};
 use crate::payloads::{self, Command, CommandError, ErrorCode};
-use crate::store::{ConversationId, Message, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Commands waiting for the relay; a full queue holds the publishing connections back.
 const QUEUE: usize = 4096;
@@ -125,9 +125,7 @@ impl Relay {
         let mut fresh: Vec<Message> = Vec::new();
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<(UserId, ClientMsgId), usize> = HashMap::new();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::clock::unix_now_ms();
 
         for Submission { from, payload } in batch.drain(..) {
             let reply = match Command::parse(&payload) {
@@ -260,7 +258,7 @@ impl Relay {
     fn publish(&mut self, fresh: &[Message], replies: Vec<Reply>) {
         let mut packets: Vec<Packet> = Vec::with_capacity(replies.len() * 2);
         let mut push = |user: &UserId, payload: Vec<u8>| {
-            let topic = format!("users/{user}/inbox");
+            let topic = crate::topics::inbox(user);
             packets.push(Packet::Publish(
                 Publish::new(Bytes::from(topic), Bytes::from(payload), false),
                 None,

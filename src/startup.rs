@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -14,16 +13,11 @@ use crate::api::{self, AppState};
 use crate::auth::{Auth, Keys};
 use crate::broker::Broker;
 use crate::config::Settings;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Presence};
 use crate::notify;
 use crate::relay;
+use crate::shutdown::{self, DRAIN_TIMEOUT};
 use crate::store::Store;
-
-/// Router connections (one per MQTT client, plus the relay).
-const MAX_MQTT_CONNECTIONS: usize = 10_000;
-
-/// How long in-flight HTTP requests get to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     http_listener: TcpListener,
@@ -66,15 +60,25 @@ impl Application {
             sms,
             email,
         ));
-        let broker = Broker::start(MAX_MQTT_CONNECTIONS, settings.mqtt.inbox_buffer_bytes);
+        let broker = Broker::start(
+            settings.mqtt.max_connections,
+            settings.mqtt.inbox_buffer_bytes,
+        );
         let (relay_tx, relay) = relay::spawn(
             store.clone(),
             &broker,
             settings.limits.sends_per_user_per_minute,
         )
         .context("starting the relay")?;
-        let gateway = Gateway::new(mqtt_listener, ws_listener, auth.clone(), broker, relay_tx)
-            .context("mqtt.listen")?;
+        let gateway = Gateway::new(
+            mqtt_listener,
+            ws_listener,
+            &settings.mqtt,
+            auth.clone(),
+            broker,
+            relay_tx,
+        )
+        .context("mqtt.listen")?;
         let state = AppState {
             auth,
             store: store.clone(),
@@ -99,15 +103,20 @@ impl Application {
         self.gateway.local_addr()
     }
 
+    /// Who is online, and which events their devices acknowledged.
+    pub fn presence(&self) -> Presence {
+        self.gateway.presence()
+    }
+
     /// Serves until `shutdown` resolves, then drains and makes the store durable.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (trigger, stop) = shutdown::channel();
         let app =
             api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let mut http_stop = stop_rx.clone();
+        let mut http_stop = stop.clone();
         let http = tokio::spawn(async move {
             axum::serve(
                 axum::serve::ListenerExt::tap_io(self.http_listener, |tcp| {
@@ -115,9 +124,7 @@ impl Application {
                 }),
                 app,
             )
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|stop| *stop).await;
-            })
+            .with_graceful_shutdown(async move { http_stop.recv().await })
             .await
         });
         let mqtt_addr = self.gateway.local_addr();
@@ -125,12 +132,12 @@ impl Application {
             .gateway
             .ws_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
-        let gateway = tokio::spawn(self.gateway.run(stop_rx.clone()));
+        let gateway = tokio::spawn(self.gateway.run(stop));
         tracing::info!(http = %self.http_addr, mqtt = %mqtt_addr, ws = %ws, "tidings ready");
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining");
-        let _ = stop_tx.send(true);
+        trigger.trigger();
         match tokio::time::timeout(DRAIN_TIMEOUT, http).await {
             Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
             Err(_) => {

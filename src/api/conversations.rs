@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::Authed;
 use super::{ApiError, AppState};
+use crate::domain::ConversationId;
 use crate::domain::UserId;
 use crate::payloads::MessageEvent;
-use crate::store::{ConversationId, Page};
+use crate::store::Page;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;

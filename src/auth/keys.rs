@@ -69,7 +69,7 @@ impl Keys {
         let claims = Claims::from_jwt(data.claims)?;
         // jsonwebtoken still accepts a token during its `exp` second; the gateway closes
         // connections at `exp`, so a token is dead from then on everywhere.
-        (claims.expires_at > crate::store::unix_now()).then_some(claims)
+        (claims.expires_at > crate::clock::unix_now()).then_some(claims)
     }
 
     /// HMAC-SHA256 of a code, bound to its purpose and identity so a hash is useless elsewhere.

@@ -11,17 +11,18 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::RngCore;
 use tokio::sync::broadcast;
 
 pub use keys::Keys;
 pub use tokens::Claims;
 
+use crate::clock::unix_now;
 use crate::config::{AuthSettings, LimitSettings};
+use crate::domain::SessionId;
 use crate::domain::{Identity, UserId};
 use crate::limits::{RateLimiter, Rule};
 use crate::notify::{self, EmailSender, SmsSender};
-use crate::store::{unix_now, OtpChallenge, Session, SessionId, Store, StoreError};
+use crate::store::{OtpChallenge, Session, Store, StoreError};
 
 /// What `POST /v1/auth/otp` answers.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -252,8 +253,7 @@ impl Auth {
 
     fn start_session(&self, user_id: UserId, new_user: bool) -> Result<Tokens, AuthError> {
         let now = unix_now();
-        let mut sid: SessionId = [0; 16];
-        rand::rng().fill_bytes(&mut sid);
+        let sid = SessionId::random();
         let (refresh_token, refresh_hash) = tokens::new_refresh_token();
         self.store.create_session(&Session {
             id: sid,

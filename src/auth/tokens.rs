@@ -7,8 +7,8 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::domain::UserId;
-use crate::store::SessionId;
+use crate::clock::unix_now;
+use crate::domain::{SessionId, UserId};
 
 /// A verified access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,15 +40,15 @@ impl Claims {
     pub(super) fn to_jwt(&self) -> JwtClaims {
         JwtClaims {
             sub: self.user_id.to_string(),
-            sid: URL_SAFE_NO_PAD.encode(self.sid),
-            iat: crate::store::unix_now(),
+            sid: URL_SAFE_NO_PAD.encode(self.sid.as_bytes()),
+            iat: unix_now(),
             exp: self.expires_at,
         }
     }
 
     pub(super) fn from_jwt(jwt: JwtClaims) -> Option<Self> {
         let user_id = UserId::parse(&jwt.sub).ok()?;
-        let sid: SessionId = URL_SAFE_NO_PAD.decode(jwt.sid).ok()?.try_into().ok()?;
+        let sid = SessionId::from_slice(&URL_SAFE_NO_PAD.decode(jwt.sid).ok()?)?;
         Some(Self {
             user_id,
             sid,

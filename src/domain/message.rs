@@ -1,11 +1,33 @@
-//! Message parts from the outbox: `Body` (1 to 4096 Unicode code points, kept as sent),
-//! `ClientMsgId` (1 to 64 printable ASCII characters, the sender's dedupe key) and `MessageId`
-//! (made by the server).
+//! A chat message (`Message`, as stored, as the `message` event and the history endpoint show
+//! it) and its parts: `Body` (1 to 4096 Unicode code points, kept as sent), `ClientMsgId` (1 to
+//! 64 printable ASCII characters, the sender's dedupe key) and `MessageId` (made by the server).
 
 use std::fmt;
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+
+use super::{ConversationId, UserId};
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub from: UserId,
+    pub to: UserId,
+    pub body: Body,
+    /// 1, 2, 3… per conversation, no gaps.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+    pub client_msg_id: ClientMsgId,
+}
+
+impl Message {
+    pub fn conversation(&self) -> ConversationId {
+        ConversationId::of(&self.from, &self.to)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -69,10 +91,30 @@ impl ClientMsgId {
 pub struct MessageId(String);
 
 impl MessageId {
+    pub const LEN: usize = 24;
+
     pub fn random() -> Self {
-        let mut bytes = [0u8; 12];
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0u8; Self::LEN / 2];
         rand::rng().fill_bytes(&mut bytes);
-        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+        let mut id = String::with_capacity(Self::LEN);
+        for b in bytes {
+            id.push(char::from(HEX[usize::from(b >> 4)]));
+            id.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        Self(id)
+    }
+
+    /// 24 lower-case hex characters, as the server makes them.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        (text.len() == Self::LEN && hex).then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -96,6 +138,20 @@ mod tests {
         );
         assert_eq!(Body::parse(String::new()), Err(InvalidBody::Empty));
         assert_eq!(Body::parse("  hi  ".into()).unwrap().as_str(), "  hi  ");
+    }
+
+    #[test]
+    fn message_ids_parse_as_made() {
+        let id = MessageId::random();
+        assert_eq!(MessageId::parse(id.as_str()), Some(id));
+        for bad in [
+            "",
+            "0123456789abcdef0123456",
+            "0123456789ABCDEF01234567",
+            "0123456789abcdef0123456g",
+        ] {
+            assert_eq!(MessageId::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,35 +1,28 @@
-//! The topic rules of one user: subscribe only to its inbox, publish only to its outbox. Exact
-//! string comparison, so no wildcard, `$SYS` or other user's topic can ever match.
+//! The topic rules of one user: subscribe only to its own inbox, publish only to its own
+//! outbox. A topic must parse as the contract spells it (see [`crate::topics`]), so no
+//! wildcard, `$SYS` topic or other user's topic can ever match.
+//!
+//! Also the router's name for a connection: rumqttd knows clients only by id, and the contract
+//! scopes client ids to their user.
 
 use crate::domain::UserId;
+use crate::topics::{self, Topic};
 
-pub struct Topics {
-    pub inbox: String,
-    pub outbox: String,
+pub(super) fn may_subscribe(user: &UserId, filter: &str) -> bool {
+    topics::parse(filter) == Some(Topic::Inbox(*user))
 }
 
-impl Topics {
-    pub fn of(user: &UserId) -> Self {
-        Self {
-            inbox: format!("users/{user}/inbox"),
-            outbox: format!("users/{user}/outbox"),
-        }
-    }
-
-    pub fn may_subscribe(&self, filter: &str) -> bool {
-        filter == self.inbox
-    }
-
-    pub fn may_publish(&self, topic: &str) -> bool {
-        topic == self.outbox
-    }
+pub(super) fn may_publish(user: &UserId, topic: &str) -> bool {
+    topics::parse(topic) == Some(Topic::Outbox(*user))
 }
 
 /// The client id the router sees: the user id and the client's own id, so that two users who
 /// both call their phone "phone" never take over each other's session. The router refuses ids
 /// with `+ $ # /`, so those (and `%`) are %-escaped.
-pub fn router_client_id(user: &UserId, client_id: &str) -> String {
-    let mut id = format!("{user}:");
+pub(super) fn router_client_id(user: &UserId, client_id: &str) -> String {
+    let mut id = String::with_capacity(2 * UserId::BYTES + 1 + client_id.len());
+    id.push_str(&user.to_string());
+    id.push(':');
     for c in client_id.chars() {
         match c {
             '+' | '$' | '#' | '/' | '%' => id.push_str(&format!("%{:02X}", c as u32)),
@@ -37,6 +30,12 @@ pub fn router_client_id(user: &UserId, client_id: &str) -> String {
         }
     }
     id
+}
+
+/// The router id of a connection that sent an empty client id: unique, and unlike any escaped
+/// client id (a `%` there is always followed by two upper-case hex digits).
+pub(super) fn anonymous_router_id(user: &UserId) -> String {
+    format!("{user}:%anon-{}", crate::domain::MessageId::random())
 }
 
 #[cfg(test)]
@@ -47,28 +46,27 @@ mod tests {
     fn only_the_own_inbox_and_outbox() {
         let me = UserId::random();
         let other = UserId::random();
-        let topics = Topics::of(&me);
-        assert!(topics.may_subscribe(&format!("users/{me}/inbox")));
+        assert!(may_subscribe(&me, &topics::inbox(&me)));
         for filter in [
-            "#",
-            "+",
-            "users/+/inbox",
-            "users/#",
-            "$SYS/#",
-            &format!("users/{other}/inbox"),
-            &format!("users/{me}/outbox"),
-            &format!("users/{me}/+"),
+            "#".to_owned(),
+            "+".into(),
+            "users/+/inbox".into(),
+            "users/#".into(),
+            "$SYS/#".into(),
+            topics::inbox(&other),
+            topics::outbox(&me),
+            format!("users/{me}/+"),
         ] {
-            assert!(!topics.may_subscribe(filter), "{filter}");
+            assert!(!may_subscribe(&me, &filter), "{filter}");
         }
-        assert!(topics.may_publish(&format!("users/{me}/outbox")));
+        assert!(may_publish(&me, &topics::outbox(&me)));
         for topic in [
-            format!("users/{other}/outbox"),
-            format!("users/{me}/inbox"),
-            format!("users/{other}/inbox"),
+            topics::outbox(&other),
+            topics::inbox(&me),
+            topics::inbox(&other),
             "x".into(),
         ] {
-            assert!(!topics.may_publish(&topic), "{topic}");
+            assert!(!may_publish(&me, &topic), "{topic}");
         }
     }
 
@@ -80,5 +78,9 @@ mod tests {
         let id = router_client_id(&a, "a/b+c#d$e%f");
         assert!(!id.contains(['/', '+', '#', '$']));
         assert_ne!(router_client_id(&a, "a/b"), router_client_id(&a, "a%2Fb"));
+        let anon = anonymous_router_id(&a);
+        assert!(anon.starts_with(&format!("{a}:")));
+        assert_ne!(anon, anonymous_router_id(&a));
+        assert_ne!(router_client_id(&a, &anon[25..]), anon);
     }
 }

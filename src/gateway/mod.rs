@@ -4,11 +4,13 @@
 //! local link.
 //!
 //! - CONNECT: the access token in `password` is verified and `username` must be its user;
-//!   a refusal is a CONNACK "not authorized" (3.1.1 code 5), never a silently dropped socket.
+//!   a refusal is a CONNACK the client can read, never a silently dropped socket.
 //! - SUBSCRIBE: only `users/{uid}/inbox`; any other filter gets SUBACK failure 0x80.
 //! - PUBLISH: only to `users/{uid}/outbox`, whose payloads go straight to the relay (never
 //!   through the broker); any other topic closes the connection. The will topic likewise.
 //! - Connections close when their token expires or their session logs out.
+//! - Every connection is bounded: `mqtt.max_connections` in all, `mqtt.max_connections_per_user`
+//!   per user, and sessions kept for `clean_session = false` devices expire.
 //!
 //! Clients come over TCP (`mqtt.listen`) or WebSocket (`mqtt.ws_listen`, path `/mqtt`,
 //! subprotocol `mqtt`); both reach the same checks.
@@ -16,25 +18,49 @@
 //! Local link per connection rather than a TCP proxy in front of rumqttd's own listener: no
 //! second socket (and no Nagle on a hop we cannot tune), the gateway sees every packet both
 //! ways, and outbox commands need no round trip through the broker's in-memory log.
+//!
+//! # Layout
+//!
+//! - this file: the accept loops, [`Gateway`], housekeeping, and the drain at shutdown;
+//! - `wire`: byte framing, and the read and write buffers (small while idle);
+//! - `handshake`: CONNECT, its checks and its CONNACK;
+//! - `admission`: the connection caps;
+//! - `session`: one connection's loop, and what happens when it ends;
+//! - `packets`: one function per client packet kind;
+//! - `link`: the connection's link to the router and its flow control;
+//! - `takeover`: who holds which client id, and a new connection replacing an old one;
+//! - `kept`: the bound and deadline on sessions kept for devices that went away;
+//! - `presence`: who is subscribed, and which events a device acknowledged ([`Presence`]);
+//! - `acl`: the topic rules, and the router's name for a connection;
+//! - `websocket`: MQTT over WebSocket, bridged to the same session code.
 
 mod acl;
-mod connection;
+mod admission;
+mod handshake;
+mod kept;
+mod link;
+mod packets;
+mod presence;
+mod session;
 mod takeover;
 mod websocket;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+
+pub use handshake::MAX_CLIENT_ID;
+pub use presence::{Presence, MAX_WATCHED_PER_USER};
 
 use crate::auth::Auth;
 use crate::broker::Broker;
+use crate::config::MqttSettings;
 use crate::relay::RelaySender;
-
-/// How long connections get to close after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::shutdown::{Shutdown, DRAIN_TIMEOUT};
 
 /// What every connection needs.
 struct Shared {
@@ -42,6 +68,9 @@ struct Shared {
     broker: Broker,
     relay: RelaySender,
     takeovers: Arc<takeover::Takeovers>,
+    admission: Arc<admission::Admission>,
+    kept: kept::KeptSessions,
+    presence: Presence,
 }
 
 pub struct Gateway {
@@ -63,6 +92,7 @@ impl Gateway {
     pub fn new(
         tcp: TcpListener,
         ws: Option<TcpListener>,
+        settings: &MqttSettings,
         auth: Arc<Auth>,
         broker: Broker,
         relay: RelaySender,
@@ -83,6 +113,15 @@ impl Gateway {
                 broker,
                 relay,
                 takeovers: Arc::default(),
+                admission: admission::Admission::new(
+                    settings.max_connections,
+                    settings.max_connections_per_user,
+                ),
+                kept: kept::KeptSessions::new(
+                    Duration::from_secs(settings.session_expiry_secs),
+                    settings.max_connections_per_user,
+                ),
+                presence: Presence::default(),
             }),
         })
     }
@@ -96,15 +135,21 @@ impl Gateway {
         self.ws.as_ref().map(|(_, addr)| *addr)
     }
 
-    /// Accepts connections until `shutdown` turns true, then closes them all and returns once
-    /// they are gone (or after a grace period).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Who is online and which events their devices acknowledged (for forwarding).
+    pub fn presence(&self) -> Presence {
+        self.shared.presence.clone()
+    }
+
+    /// Accepts connections until `shutdown`, then closes them all and returns once they are
+    /// gone (or after [`DRAIN_TIMEOUT`]).
+    pub async fn run(self, mut shutdown: Shutdown) {
         // Each connection holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let ws = self.ws.as_ref().map(|(listener, _)| listener);
+        let housekeeping = tokio::spawn(housekeeping(self.shared.clone(), shutdown.clone()));
         loop {
             let (accepted, transport) = tokio::select! {
-                _ = stopped(&mut shutdown) => break,
+                _ = shutdown.recv() => break,
                 accepted = self.tcp.accept() => (accepted, Transport::Tcp),
                 accepted = accept_if(ws) => (accepted, Transport::WebSocket),
             };
@@ -127,7 +172,7 @@ impl Gateway {
                 match transport {
                     Transport::Tcp => {
                         let (reader, writer) = stream.into_split();
-                        connection::serve(reader, writer, peer, shared, shutdown).await;
+                        session::serve(reader, writer, peer, shared, shutdown).await;
                     }
                     Transport::WebSocket => websocket::serve(stream, peer, shared, shutdown).await,
                 }
@@ -143,6 +188,26 @@ impl Gateway {
         {
             tracing::warn!("MQTT connections still open after {DRAIN_TIMEOUT:?}");
         }
+        let _ = housekeeping.await;
+    }
+}
+
+/// Now and then: discards kept sessions past their deadline, and presence watches past theirs.
+async fn housekeeping(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(shared.kept.check_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tick.tick() => {}
+        }
+        kept::discard_expired(&shared).await;
+        shared.presence.sweep();
+        tracing::trace!(
+            connections = shared.admission.total(),
+            kept_sessions = shared.kept.len(),
+            "MQTT housekeeping"
+        );
     }
 }
 
@@ -152,9 +217,4 @@ async fn accept_if(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream
         Some(listener) => listener.accept().await,
         None => std::future::pending().await,
     }
-}
-
-/// Resolves once `shutdown` is true (the watch guard is dropped inside, so callers stay `Send`).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }

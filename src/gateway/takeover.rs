@@ -46,26 +46,7 @@ impl Takeovers {
                 let mut live = self.live.lock().expect("takeover lock is never poisoned");
                 match live.get(router_id) {
                     Some(holder) => Some((holder.kick.clone(), holder.gone.clone())),
-                    None => {
-                        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                        let kick = Arc::new(Notify::new());
-                        let (gone_tx, gone_rx) = watch::channel(());
-                        live.insert(
-                            router_id.to_owned(),
-                            Holder {
-                                id,
-                                kick: kick.clone(),
-                                gone: gone_rx,
-                            },
-                        );
-                        return Claim {
-                            takeovers: self.clone(),
-                            router_id: router_id.to_owned(),
-                            id,
-                            kick,
-                            _gone: gone_tx,
-                        };
-                    }
+                    None => return self.insert(&mut live, router_id),
                 }
             };
             if let Some((kick, mut gone)) = holder {
@@ -84,6 +65,49 @@ impl Takeovers {
                 }
             }
         }
+    }
+
+    /// Claims `router_id` only if nobody holds it (for housekeeping that must not disturb a
+    /// connected device).
+    pub fn try_claim(self: &Arc<Self>, router_id: &str) -> Option<Claim> {
+        let mut live = self.live.lock().expect("takeover lock is never poisoned");
+        (!live.contains_key(router_id)).then(|| self.insert(&mut live, router_id))
+    }
+
+    /// Whether a connection holds `router_id` now.
+    pub fn is_held(&self, router_id: &str) -> bool {
+        self.live
+            .lock()
+            .expect("takeover lock is never poisoned")
+            .contains_key(router_id)
+    }
+
+    fn insert(self: &Arc<Self>, live: &mut HashMap<String, Holder>, router_id: &str) -> Claim {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let kick = Arc::new(Notify::new());
+        let (gone_tx, gone_rx) = watch::channel(());
+        live.insert(
+            router_id.to_owned(),
+            Holder {
+                id,
+                kick: kick.clone(),
+                gone: gone_rx,
+            },
+        );
+        Claim {
+            takeovers: self.clone(),
+            router_id: router_id.to_owned(),
+            id,
+            kick,
+            _gone: gone_tx,
+        }
+    }
+}
+
+impl Claim {
+    /// The router client id this claim holds.
+    pub fn router_id(&self) -> &str {
+        &self.router_id
     }
 }
 

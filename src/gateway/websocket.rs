@@ -10,14 +10,14 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::{connection, Shared};
+use super::{session, Shared};
+use crate::shutdown::Shutdown;
 
 /// The path MQTT-over-WebSocket clients use by convention.
 pub const PATH: &str = "/mqtt";
@@ -33,7 +33,7 @@ pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
@@ -51,7 +51,7 @@ pub(super) async fn serve(
     let (mqtt_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
     let bridge = tokio::spawn(bridge(ws, bridge_side));
     let (reader, writer) = tokio::io::split(mqtt_side);
-    connection::serve(reader, writer, peer, shared, shutdown).await;
+    session::serve(reader, writer, peer, shared, shutdown).await;
     // The connection dropped its side: the bridge sees the end, closes the WebSocket, returns.
     let _ = bridge.await;
 }

@@ -5,7 +5,7 @@ use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
 use super::{decode, encode, flatten, Store, StoreError};
-use crate::domain::UserId;
+use crate::domain::{SessionId, UserId};
 
 /// A code sent to a phone or email, stored only as a keyed hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +19,6 @@ pub struct OtpChallenge {
     /// Unix seconds when it was sent (for the resend cooldown).
     pub sent_at: u64,
 }
-
-pub type SessionId = [u8; 16];
 
 /// A login on one device: what an access token's `sid` points at, and what its refresh token
 /// rotates. Deleting it revokes both.
@@ -102,8 +100,11 @@ impl Store {
     pub fn create_session(&self, session: &Session) -> Result<(), StoreError> {
         (&self.inner.sessions, &self.inner.refresh)
             .transaction(|(sessions, refresh)| {
-                sessions.insert(session.id.as_slice(), encode(session))?;
-                refresh.insert(session.refresh_hash.as_slice(), session.id.as_slice())?;
+                sessions.insert(session.id.as_bytes().as_slice(), encode(session))?;
+                refresh.insert(
+                    session.refresh_hash.as_slice(),
+                    session.id.as_bytes().as_slice(),
+                )?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(flatten)
@@ -112,7 +113,7 @@ impl Store {
     pub fn session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         self.inner
             .sessions
-            .get(id)?
+            .get(id.as_bytes())?
             .map(|bytes| decode("sessions", &bytes))
             .transpose()
     }
@@ -143,8 +144,8 @@ impl Store {
                 }
                 session.refresh_hash = new_hash;
                 session.refresh_expires_at = new_expires_at;
-                sessions.insert(session.id.as_slice(), encode(&session))?;
-                refresh.insert(new_hash.as_slice(), session.id.as_slice())?;
+                sessions.insert(session.id.as_bytes().as_slice(), encode(&session))?;
+                refresh.insert(new_hash.as_slice(), session.id.as_bytes().as_slice())?;
                 Ok(Some(session))
             })
             .map_err(flatten)
@@ -154,7 +155,7 @@ impl Store {
     pub fn delete_session(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
         (&self.inner.sessions, &self.inner.refresh)
             .transaction(|(sessions, refresh)| {
-                let Some(bytes) = sessions.remove(id.as_slice())? else {
+                let Some(bytes) = sessions.remove(id.as_bytes().as_slice())? else {
                     return Ok(None);
                 };
                 let session: Session =

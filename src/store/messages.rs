@@ -2,52 +2,19 @@
 //! ordered range, with a dedupe index on `sender ‖ client_msg_id`. A batch of messages and their
 //! dedupe entries are written in one transaction: a crash leaves all of a batch or none of it.
 
-use serde::{Deserialize, Serialize};
 use sled::transaction::ConflictableTransactionError;
 use sled::Transactional;
 
 use super::{decode, encode, flatten, Store, StoreError};
-use crate::domain::{Body, ClientMsgId, MessageId, UserId};
+use crate::domain::{ClientMsgId, ConversationId, Message, UserId};
 
-/// The two users of a conversation, in sorted order: one id for both directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConversationId([u8; 2 * UserId::BYTES]);
-
-impl ConversationId {
-    pub fn of(a: &UserId, b: &UserId) -> Self {
-        let (low, high) = if a <= b { (a, b) } else { (b, a) };
-        let mut id = [0u8; 2 * UserId::BYTES];
-        id[..UserId::BYTES].copy_from_slice(low.as_bytes());
-        id[UserId::BYTES..].copy_from_slice(high.as_bytes());
-        Self(id)
-    }
-
-    fn key(&self, seq: u64) -> [u8; 2 * UserId::BYTES + 8] {
-        let mut key = [0u8; 2 * UserId::BYTES + 8];
-        key[..2 * UserId::BYTES].copy_from_slice(&self.0);
-        key[2 * UserId::BYTES..].copy_from_slice(&seq.to_be_bytes());
-        key
-    }
-}
-
-/// A stored message, as the `message` event and the history endpoint show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub id: MessageId,
-    pub from: UserId,
-    pub to: UserId,
-    pub body: Body,
-    /// 1, 2, 3… per conversation, no gaps.
-    pub seq: u64,
-    /// Milliseconds since the Unix epoch.
-    pub sent_at_ms: u64,
-    pub client_msg_id: ClientMsgId,
-}
-
-impl Message {
-    pub fn conversation(&self) -> ConversationId {
-        ConversationId::of(&self.from, &self.to)
-    }
+/// A message's key: its conversation, then its seq (big-endian, so a conversation is one
+/// ordered range).
+fn message_key(conversation: &ConversationId, seq: u64) -> [u8; ConversationId::BYTES + 8] {
+    let mut key = [0u8; ConversationId::BYTES + 8];
+    key[..ConversationId::BYTES].copy_from_slice(conversation.as_bytes());
+    key[ConversationId::BYTES..].copy_from_slice(&seq.to_be_bytes());
+    key
 }
 
 /// One of a user's conversations, as the conversations index keeps it.
@@ -88,12 +55,12 @@ impl Store {
         let last = self
             .inner
             .messages
-            .scan_prefix(conversation.0)
+            .scan_prefix(conversation.as_bytes())
             .next_back()
             .transpose()?;
         Ok(match last {
             Some((key, _)) => u64::from_be_bytes(
-                key[2 * UserId::BYTES..]
+                key[ConversationId::BYTES..]
                     .try_into()
                     .expect("message keys end in a u64"),
             ),
@@ -149,7 +116,7 @@ impl Store {
     ) -> Result<Option<Message>, StoreError> {
         self.inner
             .messages
-            .get(conversation.key(seq))?
+            .get(message_key(conversation, seq))?
             .map(|bytes| decode("messages", &bytes))
             .transpose()
     }
@@ -159,11 +126,10 @@ impl Store {
         let conversation = ConversationId::of(reader, peer);
         let marker = self.read_marker(reader, peer)?;
         let mut count = 0;
-        for row in self
-            .inner
-            .messages
-            .range(conversation.key(marker.saturating_add(1))..conversation.key(u64::MAX))
-        {
+        for row in self.inner.messages.range(
+            message_key(&conversation, marker.saturating_add(1))
+                ..message_key(&conversation, u64::MAX),
+        ) {
             let (_, bytes) = row?;
             let message: Message = decode("messages", &bytes)?;
             if message.from == *peer {
@@ -184,7 +150,7 @@ impl Store {
         trees
             .transaction(|(stored, dedupe, conversations)| {
                 for message in messages {
-                    let key = message.conversation().key(message.seq);
+                    let key = message_key(&message.conversation(), message.seq);
                     stored.insert(key.as_slice(), encode(message))?;
                     dedupe.insert(
                         dedupe_key(&message.from, &message.client_msg_id),
@@ -238,8 +204,8 @@ impl Store {
         conversation: &ConversationId,
         page: Page,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        let start = conversation.key(page.after.map_or(0, |s| s.saturating_add(1)));
-        let end = conversation.key(page.before.unwrap_or(u64::MAX));
+        let start = message_key(conversation, page.after.map_or(0, |s| s.saturating_add(1)));
+        let end = message_key(conversation, page.before.unwrap_or(u64::MAX));
         let range = self.inner.messages.range(start..end);
         let take = page.limit + 1;
         let mut rows: Vec<Message> = if page.after.is_some() {

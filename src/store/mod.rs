@@ -30,8 +30,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use auth::{OtpChallenge, Session, SessionId};
-pub use messages::{ConversationId, ConversationSummary, Message, Page};
+pub use auth::{OtpChallenge, Session};
+pub use messages::{ConversationSummary, Page};
 pub use users::{AttachError, User};
 
 #[derive(Debug, thiserror::Error)]
@@ -145,14 +145,6 @@ fn decode<T: serde::de::DeserializeOwned>(
             tree,
             detail: e.to_string(),
         })
-}
-
-/// Seconds since the Unix epoch, the time unit of every stored deadline.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A transaction's error as the store's.

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{decode, encode, flatten, unix_now, Store, StoreError};
+use super::{decode, encode, flatten, Store, StoreError};
+use crate::clock::unix_now;
 use crate::domain::{Email, Identity, PhoneNumber, UserId};
 
 /// An account. Created by the first successful verify of a phone or email.

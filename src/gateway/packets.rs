@@ -1,0 +1,191 @@
+//! What the gateway does with each packet a connected client sends: one function per kind.
+//! Outbox PUBLISHes go to the relay (never through the router); SUBSCRIBE and UNSUBSCRIBE are
+//! checked against the ACL and answered here (the router's own acks know nothing of refused
+//! filters); PUBACKs go to the router and to presence.
+
+use rumqttc::mqttbytes::v4::{
+    Packet as In, PubAck as InPubAck, PubRel, Publish, Subscribe as InSubscribe,
+    Unsubscribe as InUnsubscribe,
+};
+use rumqttc::mqttbytes::QoS as InQoS;
+use rumqttd::protocol::{
+    Filter, Packet as Out, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
+    Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::session::{End, Session};
+use super::wire::Wire;
+use super::{acl, Shared};
+use crate::relay::Submission;
+
+/// Handles one client packet; what the router must see is pushed to `to_router`. `Err` ends
+/// the connection.
+pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    session: &mut Session,
+    shared: &Shared,
+    wire: &mut Wire<R, W>,
+    packet: In,
+    to_router: &mut Vec<Out>,
+) -> Result<(), End> {
+    match packet {
+        In::Publish(p) => publish(session, shared, wire, p).await?,
+        In::PubAck(ack) => puback(session, shared, ack, to_router),
+        In::PubRel(rel) => pubrel(wire, rel),
+        In::Subscribe(s) => subscribe(session, shared, wire, s, to_router),
+        In::Unsubscribe(u) => unsubscribe(session, wire, u, to_router),
+        In::PingReq => {
+            wire.queue(Out::PingResp(PingResp));
+        }
+        In::Disconnect => {
+            // A goodbye: no will.
+            session.will = None;
+            return Err(End::ClientDisconnect);
+        }
+        // We never send QoS 2, so PUBREC and PUBCOMP from a client have nothing to answer.
+        In::PubRec(_) | In::PubComp(_) => {}
+        In::Connect(_) | In::ConnAck(_) | In::SubAck(_) | In::UnsubAck(_) | In::PingResp => {
+            return Err(End::ProtocolViolation)
+        }
+    }
+    Ok(())
+}
+
+/// A command for the outbox: to the relay (whose bounded queue holds a fast client back),
+/// then acknowledged. Any other topic closes the connection.
+async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    session: &Session,
+    shared: &Shared,
+    wire: &mut Wire<R, W>,
+    publish: Publish,
+) -> Result<(), End> {
+    let user = session.user();
+    if !acl::may_publish(&user, &publish.topic) {
+        tracing::info!(%user, "MQTT publish to a forbidden topic; closing");
+        return Err(End::Forbidden);
+    }
+    let submission = Submission {
+        from: user,
+        payload: publish.payload,
+    };
+    if shared.relay.send(submission).await.is_err() {
+        return Err(End::Shutdown);
+    }
+    let pkid = publish.pkid;
+    match publish.qos {
+        InQoS::AtMostOnce => {}
+        InQoS::AtLeastOnce => {
+            let ack = PubAck {
+                pkid,
+                reason: PubAckReason::Success,
+            };
+            wire.queue(Out::PubAck(ack, None));
+        }
+        InQoS::ExactlyOnce => {
+            let rec = PubRec {
+                pkid,
+                reason: PubRecReason::Success,
+            };
+            wire.queue(Out::PubRec(rec, None));
+        }
+    }
+    Ok(())
+}
+
+/// The device got an event: the router frees its slot, presence notes a delivered message.
+fn puback(session: &mut Session, shared: &Shared, ack: InPubAck, to_router: &mut Vec<Out>) {
+    if let Some(message) = session.deliveries.acknowledged(ack.pkid) {
+        shared.presence.acknowledge(&session.user(), &message);
+    }
+    let ack = PubAck {
+        pkid: ack.pkid,
+        reason: PubAckReason::Success,
+    };
+    to_router.push(Out::PubAck(ack, None));
+}
+
+/// The second half of a QoS 2 publish: the command went to the relay at PUBLISH already.
+fn pubrel<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(wire: &mut Wire<R, W>, rel: PubRel) {
+    let comp = PubComp {
+        pkid: rel.pkid,
+        reason: PubCompReason::Success,
+    };
+    wire.queue(Out::PubComp(comp, None));
+}
+
+/// Only the user's own inbox; any other filter gets SUBACK failure 0x80.
+fn subscribe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    session: &mut Session,
+    shared: &Shared,
+    wire: &mut Wire<R, W>,
+    subscribe: InSubscribe,
+    to_router: &mut Vec<Out>,
+) {
+    let user = session.user();
+    let mut codes = Vec::with_capacity(subscribe.filters.len());
+    let mut allowed = Vec::new();
+    for filter in subscribe.filters {
+        if !acl::may_subscribe(&user, &filter.path) {
+            tracing::info!(%user, filter = %filter.path, "MQTT subscription refused");
+            codes.push(SubscribeReasonCode::Failure);
+            continue;
+        }
+        // Events are QoS 1 at most.
+        let (qos, code) = match filter.qos {
+            InQoS::AtMostOnce => (QoS::AtMostOnce, SubscribeReasonCode::QoS0),
+            _ => (QoS::AtLeastOnce, SubscribeReasonCode::QoS1),
+        };
+        codes.push(code);
+        allowed.push(Filter {
+            path: filter.path,
+            qos,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        });
+    }
+    if !allowed.is_empty() {
+        if session.subscribed.is_none() {
+            session.subscribed = Some(shared.presence.subscribe(user));
+        }
+        let subscribe = Subscribe {
+            pkid: subscribe.pkid,
+            filters: allowed,
+        };
+        to_router.push(Out::Subscribe(subscribe, None));
+    }
+    let ack = SubAck {
+        pkid: subscribe.pkid,
+        return_codes: codes,
+    };
+    wire.queue(Out::SubAck(ack, None));
+}
+
+/// Filters that are not the user's inbox were never subscribed: nothing to undo.
+fn unsubscribe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    session: &mut Session,
+    wire: &mut Wire<R, W>,
+    unsubscribe: InUnsubscribe,
+    to_router: &mut Vec<Out>,
+) {
+    let user = session.user();
+    let ours: Vec<String> = unsubscribe
+        .topics
+        .into_iter()
+        .filter(|t| acl::may_subscribe(&user, t))
+        .collect();
+    if !ours.is_empty() {
+        session.subscribed = None;
+        let unsubscribe = Unsubscribe {
+            pkid: unsubscribe.pkid,
+            filters: ours,
+        };
+        to_router.push(Out::Unsubscribe(unsubscribe, None));
+    }
+    let ack = UnsubAck {
+        pkid: unsubscribe.pkid,
+        reasons: Vec::new(),
+    };
+    wire.queue(Out::UnsubAck(ack, None));
+}

@@ -1,0 +1,233 @@
+//! One client connection, from CONNECT to close: the handshake, then a loop that hands client
+//! packets to [`packets`](super::packets) and the router's notifications to the client, until
+//! a client DISCONNECT, a network error, a keep-alive timeout, a forbidden publish, token expiry,
+//! logout, a takeover by the same client id, or server shutdown. Then the connection leaves the
+//! router, its session is kept if it asked for that, and its will goes out if it did not say
+//! goodbye.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttd::local::LinkError;
+use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::admission::Ticket;
+use super::link::RouterLink;
+use super::presence::{Deliveries, Subscribed};
+use super::takeover::Claim;
+use super::wire::Wire;
+use super::{handshake, kept, packets, Shared};
+use crate::auth::Claims;
+use crate::domain::{SessionId, UserId};
+use crate::relay::Submission;
+use crate::shutdown::Shutdown;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    ClientDisconnect,
+    ClientGone,
+    KeepAliveTimeout,
+    ProtocolViolation,
+    Forbidden,
+    Expired,
+    LoggedOut,
+    Shutdown,
+    /// A newer connection with the same client id took over.
+    TakenOver,
+    /// The router dropped the link.
+    Replaced,
+}
+
+impl End {
+    /// MQTT publishes the will when the client did not say goodbye.
+    fn fires_will(self) -> bool {
+        matches!(
+            self,
+            End::ClientGone | End::KeepAliveTimeout | End::ProtocolViolation | End::Forbidden
+        )
+    }
+}
+
+/// An authenticated connection joined to the router.
+pub(super) struct Session {
+    pub(super) claims: Claims,
+    /// 1.5 × the client's keep-alive: silent for longer, it is gone.
+    pub(super) keep_alive: Option<Duration>,
+    /// The will's payload: an outbox command, sent for the user if the connection drops.
+    pub(super) will: Option<Bytes>,
+    pub(super) clean_session: bool,
+    pub(super) link: RouterLink,
+    /// The router client id is ours while this lives; dropped after leaving the router.
+    pub(super) claim: Claim,
+    /// Our slot under the connection caps.
+    pub(super) ticket: Ticket,
+    /// Held while subscribed to the user's inbox.
+    pub(super) subscribed: Option<Subscribed>,
+    pub(super) deliveries: Deliveries,
+}
+
+/// Serves one client over any byte stream (TCP, or WebSocket frames bridged to bytes).
+pub(super) async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut wire = Wire::new(reader, writer);
+    if let Some(session) = handshake::accept(&mut wire, &shared, peer).await {
+        let user = session.user();
+        tracing::debug!(%peer, %user, "MQTT connected");
+        let end = session.run(&mut wire, &shared, shutdown).await;
+        tracing::debug!(%peer, %user, ?end, "MQTT connection closed");
+    }
+    wire.close().await;
+}
+
+impl Session {
+    pub(super) fn user(&self) -> UserId {
+        self.claims.user_id
+    }
+
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        mut self,
+        wire: &mut Wire<R, W>,
+        shared: &Arc<Shared>,
+        mut shutdown: Shutdown,
+    ) -> End {
+        let mut revocations = shared.auth.revocations();
+        let expiry =
+            tokio::time::sleep_until(crate::clock::instant_of_unix(self.claims.expires_at));
+        tokio::pin!(expiry);
+        let far = Duration::from_secs(86_400 * 365);
+        let keep_alive = tokio::time::sleep(self.keep_alive.unwrap_or(far));
+        tokio::pin!(keep_alive);
+
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.recv() => break End::Shutdown,
+                _ = &mut expiry => break End::Expired,
+                _ = self.claim.kick.notified() => break End::TakenOver,
+                _ = &mut keep_alive => break End::KeepAliveTimeout,
+                revoked = revocations.recv() => {
+                    if let Some(end) = self.revoked(revoked, shared) {
+                        break end;
+                    }
+                }
+                alive = wire.fill() => {
+                    if !alive {
+                        break End::ClientGone;
+                    }
+                    if let Some(period) = self.keep_alive {
+                        keep_alive.as_mut().reset(Instant::now() + period);
+                    }
+                    if let Err(end) = self.handle_input(wire, shared).await {
+                        break end;
+                    }
+                }
+                note = self.link.next() => {
+                    if let Err(end) = self.handle_notifications(wire, note).await {
+                        break end;
+                    }
+                }
+            }
+        };
+        self.finish(end, shared).await;
+        end
+    }
+
+    /// Handles every whole packet read, then hands the router its share and writes the answers.
+    async fn handle_input<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        wire: &mut Wire<R, W>,
+        shared: &Shared,
+    ) -> Result<(), End> {
+        let mut to_router = Vec::new();
+        loop {
+            let packet = match wire.next_packet() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(user = %self.user(), error = %e, "malformed MQTT packet");
+                    return Err(End::ProtocolViolation);
+                }
+            };
+            packets::handle(self, shared, wire, packet, &mut to_router).await?;
+        }
+        wire.release_read_buffer();
+        self.link.send(&mut to_router).map_err(|_| End::Replaced)?;
+        if !wire.flush().await {
+            return Err(End::ClientGone);
+        }
+        Ok(())
+    }
+
+    /// Writes what the router has for the client, and wakes the router if it paused the link.
+    async fn handle_notifications<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        wire: &mut Wire<R, W>,
+        first: Result<Option<Notification>, LinkError>,
+    ) -> Result<(), End> {
+        let user = self.user();
+        let wake = self
+            .link
+            .drain(first, wire, &user, &mut self.deliveries)
+            .map_err(|_| End::Replaced)?;
+        if !wire.flush().await {
+            return Err(End::ClientGone);
+        }
+        if wake {
+            self.link.wake().await.map_err(|_| End::Replaced)?;
+        }
+        Ok(())
+    }
+
+    /// `Some` when a logout ended this connection's session.
+    fn revoked(&self, revoked: Result<SessionId, RecvError>, shared: &Shared) -> Option<End> {
+        match revoked {
+            Ok(sid) if sid == self.claims.sid => Some(End::LoggedOut),
+            Ok(_) => None,
+            // Missed some: ask the store whether ours is among them.
+            Err(RecvError::Lagged(_)) => shared
+                .auth
+                .authenticate_session(&self.claims)
+                .is_err()
+                .then_some(End::LoggedOut),
+            Err(RecvError::Closed) => Some(End::Shutdown),
+        }
+    }
+
+    /// Leaves the router, keeps the session if the client asked for that, sends the will if
+    /// it did not say goodbye; the claim on the client id and the connection's slot go last.
+    pub(super) async fn finish(mut self, end: End, shared: &Arc<Shared>) {
+        if end != End::Replaced {
+            self.link.leave();
+        }
+        self.subscribed = None;
+        let kept_by_router =
+            !self.clean_session && !matches!(end, End::TakenOver | End::Replaced | End::Shutdown);
+        if kept_by_router {
+            kept::keep(shared, self.user(), self.claim.router_id());
+        }
+        if end.fires_will() {
+            if let Some(will) = self.will.take() {
+                let submission = Submission {
+                    from: self.user(),
+                    payload: will,
+                };
+                let _ = shared.relay.send(submission).await;
+            }
+        }
+        drop(self.claim);
+        drop(self.ticket);
+    }
+}

@@ -1,0 +1,120 @@
+//! Byte framing of one client connection: whole MQTT packets out of the byte stream, and packets
+//! queued and written back. Client packets are decoded with rumqttc's `mqttbytes` (all fields
+//! public); everything sent to the client is encoded with rumqttd's `V4`, the codec its
+//! notifications are made for.
+//!
+//! Memory is the point here: a chat server holds many connections that are idle most of the
+//! time, so an idle connection holds only a small read buffer and no write buffer. The read
+//! size adapts: a read that fills the room it was given doubles the next one (a busy sender),
+//! one that does not brings it back down.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::Packet as In;
+use rumqttc::mqttbytes::{self};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{Packet as Out, Protocol as _};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The largest packet a client may send; a larger one closes the connection. Big enough for
+/// any valid command, so an over-long body gets its `body_too_large` error event.
+pub(super) const MAX_PACKET: usize = 256 * 1024;
+/// A client that does not read what it is sent for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The read room of a connection that has been quiet; also what an idle one holds.
+const MIN_READ: usize = 256;
+/// The read room of a connection whose reads keep filling it.
+const MAX_READ: usize = 64 * 1024;
+
+pub(super) struct Wire<R, W> {
+    reader: R,
+    writer: W,
+    /// Bytes read and not yet decoded; empty (no allocation) between packets.
+    rbuf: BytesMut,
+    /// How much room the next read gets.
+    read_size: usize,
+    /// Encoded packets not yet written; empty (no allocation) between writes.
+    out: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
+    pub(super) fn new(reader: R, writer: W) -> Self {
+        Self {
+            reader,
+            writer,
+            rbuf: BytesMut::new(),
+            read_size: MIN_READ,
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Reads until one whole packet is buffered; `Ok(None)` at the end of the stream.
+    pub(super) async fn read_packet(&mut self) -> Result<Option<In>, mqttbytes::Error> {
+        loop {
+            if let Some(packet) = self.next_packet()? {
+                return Ok(Some(packet));
+            }
+            if !self.fill().await {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next whole packet already read, `Ok(None)` if more bytes are needed.
+    pub(super) fn next_packet(&mut self) -> Result<Option<In>, mqttbytes::Error> {
+        match In::read(&mut self.rbuf, MAX_PACKET) {
+            Ok(packet) => Ok(Some(packet)),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads what the client sent. `false` at the end of the stream or on a read error.
+    /// Cancel-safe: dropped before it completes, nothing read is lost.
+    pub(super) async fn fill(&mut self) -> bool {
+        if self.rbuf.capacity() == self.rbuf.len() {
+            self.rbuf.reserve(self.read_size);
+        }
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        match self.reader.read_buf(&mut self.rbuf).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.read_size = if n == room {
+                    (self.read_size * 2).min(MAX_READ)
+                } else {
+                    MIN_READ
+                };
+                true
+            }
+        }
+    }
+
+    /// Gives the read buffer back once every packet in it is handled.
+    pub(super) fn release_read_buffer(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Encodes `packet` for the next [`Wire::flush`]; `false` if it cannot be encoded.
+    pub(super) fn queue(&mut self, packet: Out) -> bool {
+        V4.write(packet, &mut self.out).is_ok()
+    }
+
+    /// Writes what is queued; `false` if the client is gone or does not read.
+    pub(super) async fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.writer.write_all(&self.out)).await;
+        // Given back, not cleared: an idle connection holds no write buffer.
+        self.out = BytesMut::new();
+        matches!(written, Ok(Ok(())))
+    }
+
+    /// Closes the connection's write side (the client sees the end of the stream).
+    pub(super) async fn close(&mut self) {
+        let _ = self.writer.shutdown().await;
+    }
+}
