@@ -146,29 +146,41 @@ impl Session {
     }
 
     /// Handles every whole packet read, then hands the router its share and writes the answers.
+    /// The router gets its share even when a packet ends the connection: a PUBACK read just
+    /// before a DISCONNECT must still free its event, or a kept session gets it again.
     async fn handle_input<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         wire: &mut Wire<R, W>,
         shared: &Shared,
     ) -> Result<(), End> {
         let mut to_router = Vec::new();
+        let handled = self.handle_packets(wire, shared, &mut to_router).await;
+        self.link.send(&mut to_router).map_err(|_| End::Replaced)?;
+        handled?;
+        wire.release_read_buffer();
+        if !wire.flush().await {
+            return Err(End::ClientGone);
+        }
+        Ok(())
+    }
+
+    async fn handle_packets<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        wire: &mut Wire<R, W>,
+        shared: &Shared,
+        to_router: &mut Vec<rumqttd::protocol::Packet>,
+    ) -> Result<(), End> {
         loop {
             let packet = match wire.next_packet() {
                 Ok(Some(packet)) => packet,
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::debug!(user = %self.user(), error = %e, "malformed MQTT packet");
                     return Err(End::ProtocolViolation);
                 }
             };
-            packets::handle(self, shared, wire, packet, &mut to_router).await?;
+            packets::handle(self, shared, wire, packet, to_router).await?;
         }
-        wire.release_read_buffer();
-        self.link.send(&mut to_router).map_err(|_| End::Replaced)?;
-        if !wire.flush().await {
-            return Err(End::ClientGone);
-        }
-        Ok(())
     }
 
     /// Writes what the router has for the client, and wakes the router if it paused the link.
