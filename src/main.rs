@@ -26,13 +26,14 @@ fn main() -> ExitCode {
     if !config_path.exists() {
         tracing::info!(path = %config_path.display(), "no config file; using the defaults");
     }
-    let settings = match Settings::load(&config_path) {
+    let mut settings = match Settings::load(&config_path) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
+    tidings::startup::raise_open_files_limit(&mut settings);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -161,6 +161,56 @@ impl Application {
     }
 }
 
+/// File descriptors kept free of MQTT connections: HTTP clients, the store, the listeners, and
+/// the sockets of clients that are over a cap and must still be told so with a CONNACK.
+const SPARE_FILES: u64 = 512;
+
+/// Raises the soft limit on open files to the hard limit: every connection is a file
+/// descriptor, and the usual soft limit (1024) is far below `mqtt.max_connections`. When even
+/// the hard limit is too low for `mqtt.max_connections`, lowers that cap to fit (and says so),
+/// so that clients past it get CONNACK 3 rather than a socket the OS refused.
+pub fn raise_open_files_limit(settings: &mut Settings) {
+    #[cfg(unix)]
+    {
+        let max_connections = &mut settings.mqtt.max_connections;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "reading the open-files limit");
+            return;
+        }
+        let before = limit.rlim_cur;
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "raising the open-files limit");
+                limit.rlim_cur = before;
+            }
+        }
+        tracing::info!(
+            was = before,
+            now = limit.rlim_cur,
+            "open-files limit (RLIMIT_NOFILE): soft limit set to the hard limit"
+        );
+        let fits = limit.rlim_cur.saturating_sub(SPARE_FILES).max(1);
+        if (*max_connections as u64) > fits {
+            tracing::warn!(
+                open_files = limit.rlim_cur,
+                configured = *max_connections,
+                now = fits,
+                "mqtt.max_connections lowered to fit the open-files limit; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) to allow more"
+            );
+            *max_connections = fits as usize;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = settings;
+}
+
 /// Binds `addr` (from config key `key`), naming both when it fails.
 pub async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
