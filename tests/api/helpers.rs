@@ -759,3 +759,98 @@ impl Mqtt {
         }
     }
 }
+
+impl TestApp {
+    /// The server process's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+use rumqttc::mqttbytes::v4 as raw;
+
+/// An MQTT client made of a socket and rumqttc's packet codec, for what a client library will
+/// not do: an empty client id, a connection that stops reading, acks withheld, thousands of
+/// connections cheaply.
+pub struct RawMqtt {
+    stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawMqtt {
+    /// Connects; the CONNACK's return code and session-present flag.
+    pub async fn connect(
+        addr: SocketAddr,
+        client_id: &str,
+        username: &str,
+        password: &str,
+        clean_session: bool,
+    ) -> (Self, raw::ConnectReturnCode, bool) {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut mqtt = Self {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let mut connect = raw::Connect::new(client_id);
+        connect.keep_alive = 0;
+        connect.clean_session = clean_session;
+        connect.set_login(username, password);
+        let mut out = bytes::BytesMut::new();
+        connect.write(&mut out).unwrap();
+        mqtt.write(&out).await;
+        match mqtt.next().await {
+            Some(raw::Packet::ConnAck(ack)) => (mqtt, ack.code, ack.session_present),
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Subscribes at QoS 1 to `filter` without waiting for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str) {
+        let mut subscribe = raw::Subscribe::new(filter, rumqttc::mqttbytes::QoS::AtLeastOnce);
+        subscribe.pkid = 1;
+        let mut out = bytes::BytesMut::new();
+        subscribe.write(&mut out).unwrap();
+        self.write(&out).await;
+    }
+
+    pub async fn puback(&mut self, pkid: u16) {
+        let mut out = bytes::BytesMut::new();
+        raw::PubAck::new(pkid).write(&mut out).unwrap();
+        self.write(&out).await;
+    }
+
+    pub async fn disconnect(mut self) {
+        let mut out = bytes::BytesMut::new();
+        raw::Disconnect.write(&mut out).unwrap();
+        self.write(&out).await;
+    }
+
+    /// The next packet from the server; `None` once it closed the connection.
+    pub async fn next(&mut self) -> Option<raw::Packet> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match raw::Packet::read(&mut self.buf, 1024 * 1024) {
+                Ok(packet) => return Some(packet),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(e) => panic!("bad packet from the server: {e}"),
+            }
+            let read = tokio::time::timeout(MQTT_WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("the server answers within MQTT_WAIT");
+            if matches!(read, Ok(0) | Err(_)) {
+                return None;
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+}
