@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
-use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet as Out};
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -52,8 +52,10 @@ impl RouterLink {
     }
 
     /// The router's next notification (cancel-safe: it stays in the link until taken).
-    pub(super) async fn next(&mut self) -> Result<Option<Notification>, LinkError> {
-        self.rx.next().await
+    /// rumqttd's `LinkError` holds a whole router event (over 1 KiB); it is mapped away here so
+    /// that no connection's future has to make room for it.
+    pub(super) async fn next(&mut self) -> Result<Option<Notification>, Gone> {
+        self.rx.next().await.map_err(|_| Gone)
     }
 
     /// Writes `first` and whatever else the router has ready into `wire`'s output, noting the
@@ -61,7 +63,7 @@ impl RouterLink {
     /// needs a [`RouterLink::wake`] once the output is written.
     pub(super) fn drain<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
-        first: Result<Option<Notification>, LinkError>,
+        first: Result<Option<Notification>, Gone>,
         wire: &mut Wire<R, W>,
         user: &UserId,
         deliveries: &mut Deliveries,
@@ -87,15 +89,17 @@ impl RouterLink {
             }
             handled += 1;
             if handled < NOTIFICATION_BATCH {
-                next = ready_now(self.rx.next());
+                next = ready_now(self.rx.next()).map(|note| note.map_err(|_| Gone));
             }
         }
         Ok(wake)
     }
 
-    /// Tells the router the link is ready for more.
+    /// Tells the router the link is ready for more. Boxed: the future holds a whole router
+    /// event (over 1 KiB) and is needed only when the router paused a full link, so no
+    /// connection's future keeps room for it.
     pub(super) async fn wake(&self) -> Result<(), Gone> {
-        self.rx.wake().await.map_err(|_| Gone)
+        Box::pin(self.rx.wake()).await.map_err(|_| Gone)
     }
 
     /// Tells the router this client is gone, so it frees the connection (and, for

@@ -174,7 +174,10 @@ impl Gateway {
                         let (reader, writer) = stream.into_split();
                         session::serve(reader, writer, peer, shared, shutdown).await;
                     }
-                    Transport::WebSocket => websocket::serve(stream, peer, shared, shutdown).await,
+                    // Boxed, so that TCP connections' tasks are not sized for a WebSocket's.
+                    Transport::WebSocket => {
+                        Box::pin(websocket::serve(stream, peer, shared, shutdown)).await
+                    }
                 }
                 drop(alive);
             });

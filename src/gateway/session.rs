@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttd::local::LinkError;
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::RecvError;
@@ -84,7 +83,10 @@ pub(super) async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send,
 {
     let mut wire = Wire::new(reader, writer);
-    if let Some(session) = handshake::accept(&mut wire, &shared, peer).await {
+    // Boxed: the handshake's future is the largest part of a connection's and is needed once,
+    // so it is not kept in the task for the connection's whole life.
+    let accepted = Box::pin(handshake::accept(&mut wire, &shared, peer)).await;
+    if let Some(session) = accepted {
         let user = session.user();
         tracing::debug!(%peer, %user, "MQTT connected");
         let end = session.run(&mut wire, &shared, shutdown).await;
@@ -187,7 +189,7 @@ impl Session {
     async fn handle_notifications<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         wire: &mut Wire<R, W>,
-        first: Result<Option<Notification>, LinkError>,
+        first: Result<Option<Notification>, super::link::Gone>,
     ) -> Result<(), End> {
         let user = self.user();
         let wake = self
