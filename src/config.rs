@@ -55,6 +55,8 @@ pub struct MqttSettings {
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub path: PathBuf,
+    /// The store's page cache in memory (sled's `cache_capacity`); the rest stays on disk.
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +227,12 @@ impl Settings {
             |key: &str, why: String| Err(ConfigError(format!("bad configuration: {key}: {why}")));
         if self.mqtt.inbox_buffer_bytes < 4096 {
             return bad("mqtt.inbox_buffer_bytes", "must be at least 4096".into());
+        }
+        if self.storage.cache_bytes < 1024 * 1024 {
+            return bad(
+                "storage.cache_bytes",
+                "must be at least 1048576 (1 MiB)".into(),
+            );
         }
         if self.mqtt.max_connections == 0 {
             return bad("mqtt.max_connections", "must be at least 1".into());

@@ -42,7 +42,7 @@ impl Application {
         };
 
         let store_path = &settings.storage.path;
-        let store = Store::open(store_path).with_context(|| {
+        let store = Store::open(store_path, settings.storage.cache_bytes).with_context(|| {
             format!(
                 "storage.path: cannot open the store at {}",
                 store_path.display()

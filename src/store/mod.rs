@@ -70,8 +70,8 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (creating if missing) the database in `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if missing) the database in `path`, with a page cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         if !path.exists() {
             // Everyone's messages live here: only the server's user may read them.
             let mut builder = std::fs::DirBuilder::new();
@@ -83,7 +83,10 @@ impl Store {
                 source,
             })?;
         }
-        let db = sled::Config::new().path(path).open()?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()?;
         let data_file_path = path.join("db");
         let data_file = File::open(&data_file_path).map_err(|source| StoreError::Io {
             path: data_file_path.clone(),
