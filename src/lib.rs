@@ -5,12 +5,18 @@
 //!
 //! - [`config`]: typed settings from `broker.toml` and `TIDINGS_*` environment variables.
 //! - [`startup`]: `Application`, which binds everything, runs, and shuts down in order.
-//! - [`domain`]: `PhoneNumber`, `Email`, `UserId`, `Identity`: inputs parsed once, trusted after.
+//! - [`shutdown`]: the shutdown trigger, its listeners, and the one drain timeout.
+//! - [`clock`]: Unix seconds and milliseconds, and the instant of a wall-clock deadline.
+//! - [`topics`]: the MQTT topic scheme, `users/{id}/inbox` and `users/{id}/outbox`.
+//! - [`domain`]: `PhoneNumber`, `Email`, `UserId`, `Identity`, `SessionId`, `Message`,
+//!   `ConversationId`: inputs parsed once, trusted after.
 //! - [`auth`]: one-time codes, access tokens (JWT), sessions and refresh rotation.
 //! - [`store`]: the only code that knows sled; durability (flush + fdatasync).
 //! - [`api`]: the HTTP API (axum), its error mapping and extractors.
-//! - [`gateway`]: the MQTT front door: CONNECT auth, topic ACL, one router link per connection.
-//! - [`broker`]: the embedded rumqttd router (QoS 1 delivery, sessions, fan-out).
+//! - [`gateway`]: the MQTT front door: CONNECT auth, topic ACL, connection caps, presence, one
+//!   router link per connection.
+//! - [`broker`]: the embedded rumqttd router (QoS 1 delivery, sessions, fan-out), patched in
+//!   `vendor/rumqttd` (see its `PATCHES.md`).
 //! - [`relay`]: outbox commands → validate → store → fsync → inbox events (group commit).
 //! - [`payloads`]: the JSON of outbox commands and inbox events.
 //! - [`notify`]: SMS and email providers (`console`, `twilio`, `smtp`).
