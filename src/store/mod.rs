@@ -11,7 +11,7 @@
 //! | `otp` | purpose ‖ `0` ‖ identity key | [`OtpChallenge`] |
 //! | `sessions` | session id (16 bytes) | [`Session`] |
 //! | `refresh` | SHA-256 of a refresh token | session id |
-//! | `messages` | conversation id (both user ids, sorted) ‖ seq (u64 BE) | [`Message`] |
+//! | `messages` | conversation id (both user ids, sorted) ‖ seq (u64 BE) | [`Message`](crate::domain::Message) |
 //! | `dedupe` | sender ‖ client_msg_id | the message's key |
 //! | `read_markers` | reader ‖ peer | last seq read (u64 BE) |
 //! | `conversations` | user ‖ peer | seq and time of the last message |
