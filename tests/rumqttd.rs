@@ -119,6 +119,15 @@ fn subscribe(tx: &mut LinkTx, filter: &str) {
     send(tx, Packet::Subscribe(Subscribe { pkid: 1, filters }, None));
 }
 
+/// Subscribes and waits for the router's SUBACK, as a client would.
+fn subscribed(tx: &mut LinkTx, rx: &mut LinkRx, filter: &str) {
+    subscribe(tx, filter);
+    assert!(matches!(
+        next(rx, Duration::from_secs(5)),
+        Some(Notification::DeviceAck(_))
+    ));
+}
+
 fn disconnect(tx: &mut LinkTx) {
     let disconnect = Disconnect {
         reason_code: DisconnectReasonCode::NormalDisconnection,
@@ -208,11 +217,7 @@ fn subscribers_that_come_and_go_leave_nothing_behind() {
     let cycle = |i: usize, publisher: &mut LinkTx| {
         let (mut tx, mut rx, _) = open(&format!("churn-{i}"), true).unwrap();
         let filter = format!("users/{i:024}/inbox");
-        subscribe(&mut tx, &filter);
-        assert!(matches!(
-            next(&mut rx, Duration::from_secs(5)),
-            Some(Notification::DeviceAck(_))
-        ));
+        subscribed(&mut tx, &mut rx, &filter);
         publisher.publish(filter, format!("hello {i}")).unwrap();
         assert_eq!(receive(&mut tx, &mut rx), format!("hello {i}").as_bytes());
         disconnect(&mut tx);
@@ -275,11 +280,7 @@ fn kept_sessions_keep_their_log_until_discarded() {
 
     let (mut tx, mut rx, present) = open("keeper", false).unwrap();
     assert!(!present);
-    subscribe(&mut tx, "users/keeper/inbox");
-    assert!(matches!(
-        next(&mut rx, Duration::from_secs(5)),
-        Some(Notification::DeviceAck(_))
-    ));
+    subscribed(&mut tx, &mut rx, "users/keeper/inbox");
     disconnect(&mut tx);
     drop((tx, rx));
     for i in 0..3 {
@@ -320,11 +321,7 @@ fn unsubscribed_filters_are_freed_and_can_come_back() {
     let (mut tx, mut rx, _) = open("flipper", true).unwrap();
     let mut round = |i: usize, tx: &mut LinkTx, rx: &mut LinkRx| {
         let filter = format!("users/{i:024}/inbox");
-        subscribe(tx, &filter);
-        assert!(matches!(
-            next(rx, Duration::from_secs(5)),
-            Some(Notification::DeviceAck(_))
-        ));
+        subscribed(tx, rx, &filter);
         publisher.publish(filter.clone(), "x".repeat(100)).unwrap();
         assert_eq!(receive(tx, rx).len(), 100);
         let unsubscribe = Unsubscribe {
@@ -393,11 +390,7 @@ fn a_filter_log_holds_what_its_segments_allow() {
     let (mut publisher, _publisher_rx, _) = open("publisher", true).unwrap();
     // A kept session that is away: its filter's log fills and is never read.
     let (mut tx, mut rx, _) = open("away", false).unwrap();
-    subscribe(&mut tx, "users/away/inbox");
-    assert!(matches!(
-        next(&mut rx, Duration::from_secs(5)),
-        Some(Notification::DeviceAck(_))
-    ));
+    subscribed(&mut tx, &mut rx, "users/away/inbox");
     disconnect(&mut tx);
     // The router's channel grows to its bound (~1 MiB) under a burst and keeps it: let it.
     for i in 0..5_000 {

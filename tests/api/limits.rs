@@ -6,7 +6,26 @@ use rumqttc::mqttbytes::v4::ConnectReturnCode as Code;
 use rumqttc::mqttbytes::v4::Packet as Raw;
 use rumqttc::ConnectReturnCode;
 
-use crate::helpers::{Mqtt, Options, RawMqtt, TestApp};
+use crate::helpers::{Mqtt, Options, RawMqtt, TestApp, Tokens};
+
+/// Connects as soon as the server has room again (a connection that just left frees its slot
+/// when the server has seen it go).
+async fn connect_when_room(app: &TestApp, user: &Tokens, client_id: &str) -> Mqtt {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Mqtt::connect(app.mqtt, &user.user_id, &user.access, client_id, true).await {
+            Ok(mut mqtt) => {
+                mqtt.user_id = user.user_id.clone();
+                return mqtt;
+            }
+            Err(code) => assert!(
+                std::time::Instant::now() < deadline,
+                "still refused after a connection left: {code:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
 
 /// Ann and Bob chat, Bob to Ann, and Ann sees it.
 async fn still_chatting(ann: &mut Mqtt, bob: &Mqtt, id: &str) {
@@ -49,17 +68,7 @@ async fn one_user_past_its_cap_is_refused_and_nobody_else_notices() {
 
     // Once one of Ann's devices goes, a new one gets in.
     ann_3.client.disconnect().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match Mqtt::connect(app.mqtt, &ann.user_id, &ann.access, "ann-4", true).await {
-            Ok(_) => break,
-            Err(code) => assert!(
-                std::time::Instant::now() < deadline,
-                "still refused after a device left: {code:?}"
-            ),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    connect_when_room(&app, &ann, "ann-4").await;
 }
 
 #[tokio::test]
@@ -85,19 +94,7 @@ async fn past_the_global_cap_everyone_new_is_refused_and_the_connected_chat_on()
     assert!(app.log().contains("mqtt.max_connections reached"));
 
     bob_phone.client.disconnect().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let cid_phone = loop {
-        match Mqtt::connect(app.mqtt, &cid.user_id, &cid.access, "cid-phone", true).await {
-            Ok(mqtt) => break mqtt,
-            Err(code) => assert!(
-                std::time::Instant::now() < deadline,
-                "still refused after a connection left: {code:?}"
-            ),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    let mut cid_phone = cid_phone;
-    cid_phone.user_id = cid.user_id.clone();
+    let cid_phone = connect_when_room(&app, &cid, "cid-phone").await;
     cid_phone.send(&ann.user_id, "room for me", "c-1").await;
     assert_eq!(ann_phone.event().await["body"], "room for me");
 }
