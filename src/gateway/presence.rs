@@ -224,6 +224,15 @@ mod tests {
         (message.id.clone(), payloads::message_event(&message))
     }
 
+    /// No entry is left for any user.
+    fn holds_nothing(presence: &Presence) -> bool {
+        presence
+            .inner
+            .shards
+            .iter()
+            .all(|s| s.lock().unwrap().is_empty())
+    }
+
     #[test]
     fn subscribed_while_a_guard_lives() {
         let presence = Presence::default();
@@ -235,11 +244,7 @@ mod tests {
         assert!(presence.is_subscribed(&user));
         drop(laptop);
         assert!(!presence.is_subscribed(&user));
-        assert!(presence
-            .inner
-            .shards
-            .iter()
-            .all(|s| s.lock().unwrap().is_empty()));
+        assert!(holds_nothing(&presence));
     }
 
     #[test]
@@ -268,11 +273,7 @@ mod tests {
 
         presence.forget(&bob, &watched);
         assert!(!presence.acknowledged(&bob, &watched));
-        assert!(presence
-            .inner
-            .shards
-            .iter()
-            .all(|s| s.lock().unwrap().is_empty()));
+        assert!(holds_nothing(&presence));
     }
 
     #[test]
@@ -281,11 +282,7 @@ mod tests {
         let user = UserId::random();
         presence.watch(&user, MessageId::random(), Duration::ZERO);
         presence.sweep();
-        assert!(presence
-            .inner
-            .shards
-            .iter()
-            .all(|s| s.lock().unwrap().is_empty()));
+        assert!(holds_nothing(&presence));
         for _ in 0..MAX_WATCHED_PER_USER + 10 {
             presence.watch(&user, MessageId::random(), Duration::from_secs(60));
         }
