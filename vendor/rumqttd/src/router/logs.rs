@@ -45,6 +45,11 @@ impl Storage for PublishData {
     }
 }
 
+/// Whether a filter has a wildcard level (`+` or `#`).
+fn is_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
 /// Stores 'device' data and 'actions' data in native commitlog
 /// organized by subscription filter. Device data is replicated
 /// while actions data is not
@@ -60,6 +65,9 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
+    /// The filters of `filter_indexes` with a wildcard: the only ones a topic has to be
+    /// matched against one by one (any other filter matches only a topic equal to it).
+    wildcard_filters: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
@@ -69,6 +77,7 @@ impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut wildcard_filters = HashMap::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
@@ -81,6 +90,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if is_wildcard(&filter) {
+                    wildcard_filters.insert(filter.clone(), idx);
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -90,6 +102,7 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
+            wildcard_filters,
             retained_publishes,
         })
     }
@@ -132,11 +145,20 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
+                // A filter without wildcards matches only the topic equal to it: look it up,
+                // and match the topic against the wildcard filters alone, not against every
+                // filter (a broker with a filter per client would scan them all, on every
+                // publish to a topic nobody subscribed to).
+                let exact = self.filter_indexes.get(topic).filter(|_| !is_wildcard(topic));
+                let v: Vec<usize> = exact
+                    .copied()
+                    .into_iter()
+                    .chain(
+                        self.wildcard_filters
+                            .iter()
+                            .filter(|(filter, _)| matches(topic, filter))
+                            .map(|(_, filter_idx)| *filter_idx),
+                    )
                     .collect();
 
                 if !v.is_empty() {
@@ -167,6 +189,7 @@ impl DataLog {
             return;
         }
         self.filter_indexes.remove(filter);
+        self.wildcard_filters.remove(filter);
         self.native.remove(idx);
         // Topics cached as matching this filter: without wildcards, only the filter itself.
         if filter.contains(['+', '#']) {
@@ -195,6 +218,9 @@ impl DataLog {
                 // datalog index map
                 let idx = self.native.insert(data);
                 self.filter_indexes.insert(filter.to_owned(), idx);
+                if is_wildcard(filter) {
+                    self.wildcard_filters.insert(filter.to_owned(), idx);
+                }
 
                 // Match new filter to existing topics and add to publish_filters if it matches
                 for (topic, filters) in publish_filters.iter_mut() {
@@ -519,6 +545,40 @@ mod test {
         data.matches("topic/a");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_topic_matches_its_exact_filter_and_the_wildcards_only() {
+        let config = RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        let mut data = DataLog::new(config).unwrap();
+        let (a, _) = data.next_native_offset("users/a/inbox");
+        let (b, _) = data.next_native_offset("users/b/inbox");
+        let (plus, _) = data.next_native_offset("users/+/inbox");
+        let (hash, _) = data.next_native_offset("users/#");
+        let mut found = data.matches("users/a/inbox").unwrap();
+        found.sort_unstable();
+        let mut expected = vec![a, plus, hash];
+        expected.sort_unstable();
+        assert_eq!(found, expected);
+        assert_eq!(data.matches("users/c/outbox"), Some(vec![hash]));
+        assert_eq!(data.matches("other"), Some(vec![]));
+        assert!(!data.matches("users/b/inbox").unwrap().contains(&a));
+
+        // A filter released is matched no more, wildcard or not.
+        data.retain_filter(hash);
+        data.release_filter("users/#");
+        data.retain_filter(b);
+        data.release_filter("users/b/inbox");
+        assert_eq!(data.matches("users/c/outbox"), Some(vec![]));
+        assert_eq!(data.matches("users/b/inbox"), Some(vec![plus]));
     }
 
     //     #[test]
