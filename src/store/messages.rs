@@ -1,20 +1,98 @@
 //! Messages and their history: keyed by conversation and `seq` so that a conversation is one
-//! ordered range, with a dedupe index on `sender ‖ client_msg_id`. A batch of messages and their
-//! dedupe entries are written in one transaction: a crash leaves all of a batch or none of it.
+//! ordered range, with a dedupe index on `sender ‖ client_msg_id` and a conversations index
+//! (each user's peers and their last message). All three live in the `chat` tree, told apart by
+//! the key's first byte, so that a batch of messages with its dedupe entries and index updates
+//! is one atomic `apply_batch`: a crash leaves all of a batch or none of it.
 
-use sled::transaction::ConflictableTransactionError;
-use sled::Transactional;
+use std::collections::HashMap;
 
-use super::{decode, encode, flatten, Store, StoreError};
+use super::{decode, encode, Store, StoreError};
 use crate::domain::{ClientMsgId, ConversationId, Message, UserId};
+
+/// Key prefixes in the `chat` tree.
+const MESSAGE: u8 = b'm';
+const DEDUPE: u8 = b'd';
+const CONVERSATION: u8 = b'c';
+
+const MESSAGE_KEY: usize = 1 + ConversationId::BYTES + 8;
 
 /// A message's key: its conversation, then its seq (big-endian, so a conversation is one
 /// ordered range).
-fn message_key(conversation: &ConversationId, seq: u64) -> [u8; ConversationId::BYTES + 8] {
-    let mut key = [0u8; ConversationId::BYTES + 8];
-    key[..ConversationId::BYTES].copy_from_slice(conversation.as_bytes());
-    key[ConversationId::BYTES..].copy_from_slice(&seq.to_be_bytes());
+fn message_key(conversation: &ConversationId, seq: u64) -> [u8; MESSAGE_KEY] {
+    let mut key = [0u8; MESSAGE_KEY];
+    key[0] = MESSAGE;
+    key[1..1 + ConversationId::BYTES].copy_from_slice(conversation.as_bytes());
+    key[1 + ConversationId::BYTES..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The prefix of every message of a conversation.
+fn conversation_prefix(conversation: &ConversationId) -> [u8; 1 + ConversationId::BYTES] {
+    let mut key = [0u8; 1 + ConversationId::BYTES];
+    key[0] = MESSAGE;
+    key[1..].copy_from_slice(conversation.as_bytes());
+    key
+}
+
+fn dedupe_key(from: &UserId, client_msg_id: &ClientMsgId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + UserId::BYTES + client_msg_id.as_str().len());
+    key.push(DEDUPE);
+    key.extend_from_slice(from.as_bytes());
+    key.extend_from_slice(client_msg_id.as_str().as_bytes());
+    key
+}
+
+/// `user`'s entry for `peer` in the conversations index.
+fn summary_key(user: &UserId, peer: &UserId) -> [u8; 1 + 2 * UserId::BYTES] {
+    let mut key = [0u8; 1 + 2 * UserId::BYTES];
+    key[0] = CONVERSATION;
+    key[1..1 + UserId::BYTES].copy_from_slice(user.as_bytes());
+    key[1 + UserId::BYTES..].copy_from_slice(peer.as_bytes());
+    key
+}
+
+fn user_prefix(user: &UserId) -> [u8; 1 + UserId::BYTES] {
+    let mut key = [0u8; 1 + UserId::BYTES];
+    key[0] = CONVERSATION;
+    key[1..].copy_from_slice(user.as_bytes());
+    key
+}
+
+/// Opens the `chat` tree, first moving into it what a store made before it kept in the trees
+/// `messages`, `dedupe` and `conversations` (same keys, now behind their prefix; same values).
+/// The copy is idempotent and the old tree is dropped only after it, so a crash midway just
+/// copies again at the next start.
+pub(super) fn open_chat(db: &sled::Db) -> Result<sled::Tree, StoreError> {
+    let chat = db.open_tree("chat")?;
+    let names = db.tree_names();
+    for (old, prefix) in [
+        ("messages", MESSAGE),
+        ("dedupe", DEDUPE),
+        ("conversations", CONVERSATION),
+    ] {
+        if !names.iter().any(|name| name.as_ref() == old.as_bytes()) {
+            continue;
+        }
+        let tree = db.open_tree(old)?;
+        let mut batch = sled::Batch::default();
+        let mut rows = 0usize;
+        for row in tree.iter() {
+            let (key, value) = row?;
+            let mut moved = Vec::with_capacity(1 + key.len());
+            moved.push(prefix);
+            moved.extend_from_slice(&key);
+            batch.insert(moved, value);
+            rows += 1;
+            if rows % 10_000 == 0 {
+                chat.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        chat.apply_batch(batch)?;
+        db.flush()?;
+        db.drop_tree(old)?;
+        tracing::info!(tree = old, rows, "moved into the chat tree");
+    }
+    Ok(chat)
 }
 
 /// One of a user's conversations, as the conversations index keeps it.
@@ -42,25 +120,18 @@ fn marker_key(reader: &UserId, peer: &UserId) -> [u8; 2 * UserId::BYTES] {
     key
 }
 
-fn dedupe_key(from: &UserId, client_msg_id: &ClientMsgId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(UserId::BYTES + client_msg_id.as_str().len());
-    key.extend_from_slice(from.as_bytes());
-    key.extend_from_slice(client_msg_id.as_str().as_bytes());
-    key
-}
-
 impl Store {
     /// The highest seq in a conversation, 0 when it is empty.
     pub fn last_seq(&self, conversation: &ConversationId) -> Result<u64, StoreError> {
         let last = self
             .inner
-            .messages
-            .scan_prefix(conversation.as_bytes())
+            .chat
+            .scan_prefix(conversation_prefix(conversation))
             .next_back()
             .transpose()?;
         Ok(match last {
             Some((key, _)) => u64::from_be_bytes(
-                key[ConversationId::BYTES..]
+                key[1 + ConversationId::BYTES..]
                     .try_into()
                     .expect("message keys end in a u64"),
             ),
@@ -74,11 +145,14 @@ impl Store {
         from: &UserId,
         client_msg_id: &ClientMsgId,
     ) -> Result<Option<Message>, StoreError> {
-        let Some(key) = self.inner.dedupe.get(dedupe_key(from, client_msg_id))? else {
+        let Some(at) = self.inner.chat.get(dedupe_key(from, client_msg_id))? else {
             return Ok(None);
         };
+        let mut key = Vec::with_capacity(MESSAGE_KEY);
+        key.push(MESSAGE);
+        key.extend_from_slice(&at);
         self.inner
-            .messages
+            .chat
             .get(key)?
             .map(|bytes| decode("messages", &bytes))
             .transpose()
@@ -87,12 +161,12 @@ impl Store {
     /// The user's conversations: each peer with the seq and time of its last message.
     pub fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, StoreError> {
         self.inner
-            .conversations
-            .scan_prefix(user.as_bytes())
+            .chat
+            .scan_prefix(user_prefix(user))
             .map(|row| {
                 let (key, value) = row?;
                 let peer: [u8; UserId::BYTES] =
-                    key[UserId::BYTES..]
+                    key[1 + UserId::BYTES..]
                         .try_into()
                         .map_err(|_| StoreError::Corrupt {
                             tree: "conversations",
@@ -115,7 +189,7 @@ impl Store {
         seq: u64,
     ) -> Result<Option<Message>, StoreError> {
         self.inner
-            .messages
+            .chat
             .get(message_key(conversation, seq))?
             .map(|bytes| decode("messages", &bytes))
             .transpose()
@@ -126,7 +200,7 @@ impl Store {
         let conversation = ConversationId::of(reader, peer);
         let marker = self.read_marker(reader, peer)?;
         let mut count = 0;
-        for row in self.inner.messages.range(
+        for row in self.inner.chat.range(
             message_key(&conversation, marker.saturating_add(1))
                 ..message_key(&conversation, u64::MAX),
         ) {
@@ -139,34 +213,29 @@ impl Store {
         Ok(count)
     }
 
-    /// Stores `messages`, their dedupe entries and the conversations index in one transaction. Seqs are the caller's:
-    /// the relay is the only writer and hands out the next seq of each conversation.
+    /// Stores `messages`, their dedupe entries and the conversations index as one atomic
+    /// batch. Seqs are the caller's: the relay is the only writer and hands out the next seq of
+    /// each conversation. The index is written once per conversation of the batch, for its
+    /// last message.
     pub fn append_messages(&self, messages: &[Message]) -> Result<(), StoreError> {
-        let trees = (
-            &self.inner.messages,
-            &self.inner.dedupe,
-            &self.inner.conversations,
-        );
-        trees
-            .transaction(|(stored, dedupe, conversations)| {
-                for message in messages {
-                    let key = message_key(&message.conversation(), message.seq);
-                    stored.insert(key.as_slice(), encode(message))?;
-                    dedupe.insert(
-                        dedupe_key(&message.from, &message.client_msg_id),
-                        key.as_slice(),
-                    )?;
-                    let summary = encode(&(message.seq, message.sent_at_ms));
-                    conversations.insert(
-                        marker_key(&message.from, &message.to).as_slice(),
-                        summary.clone(),
-                    )?;
-                    conversations
-                        .insert(marker_key(&message.to, &message.from).as_slice(), summary)?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(flatten)
+        let mut batch = sled::Batch::default();
+        let mut last: HashMap<ConversationId, &Message> = HashMap::new();
+        for message in messages {
+            let conversation = message.conversation();
+            let key = message_key(&conversation, message.seq);
+            batch.insert(&key[..], encode(message));
+            batch.insert(dedupe_key(&message.from, &message.client_msg_id), &key[1..]);
+            let newest = last.entry(conversation).or_insert(message);
+            if message.seq > newest.seq {
+                *newest = message;
+            }
+        }
+        for message in last.into_values() {
+            let summary = encode(&(message.seq, message.sent_at_ms));
+            batch.insert(&summary_key(&message.from, &message.to)[..], &summary[..]);
+            batch.insert(&summary_key(&message.to, &message.from)[..], summary);
+        }
+        Ok(self.inner.chat.apply_batch(batch)?)
     }
 
     /// Moves `reader`'s read marker in the conversation with `peer` to `seq` (at most the
@@ -206,7 +275,7 @@ impl Store {
     ) -> Result<(Vec<Message>, bool), StoreError> {
         let start = message_key(conversation, page.after.map_or(0, |s| s.saturating_add(1)));
         let end = message_key(conversation, page.before.unwrap_or(u64::MAX));
-        let range = self.inner.messages.range(start..end);
+        let range = self.inner.chat.range(start..end);
         let take = page.limit + 1;
         let mut rows: Vec<Message> = if page.after.is_some() {
             range
@@ -232,5 +301,101 @@ impl Store {
             rows.reverse();
         }
         Ok((rows, has_more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Body, MessageId};
+
+    fn message(from: UserId, to: UserId, seq: u64, cmid: &str) -> Message {
+        Message {
+            id: MessageId::random(),
+            from,
+            to,
+            body: Body::parse(format!("message {seq}")).unwrap(),
+            seq,
+            sent_at_ms: 1_795_514_400_000 + seq,
+            client_msg_id: ClientMsgId::parse(cmid.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_store_of_the_old_layout_is_moved_into_the_chat_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ann, bob) = (UserId::random(), UserId::random());
+        let conversation = ConversationId::of(&ann, &bob);
+        let old = [message(ann, bob, 1, "a-1"), message(bob, ann, 2, "b-1")];
+        {
+            // What the store wrote before the `chat` tree: three trees, unprefixed keys.
+            let db = sled::open(dir.path()).unwrap();
+            let (messages, dedupe, conversations) = (
+                db.open_tree("messages").unwrap(),
+                db.open_tree("dedupe").unwrap(),
+                db.open_tree("conversations").unwrap(),
+            );
+            for m in &old {
+                let key = &message_key(&conversation, m.seq)[1..];
+                messages.insert(key, encode(m)).unwrap();
+                let mut dedupe_key = m.from.as_bytes().to_vec();
+                dedupe_key.extend_from_slice(m.client_msg_id.as_str().as_bytes());
+                dedupe.insert(dedupe_key, key).unwrap();
+            }
+            let summary = encode(&(2u64, old[1].sent_at_ms));
+            conversations
+                .insert(&summary_key(&ann, &bob)[1..], summary.clone())
+                .unwrap();
+            conversations
+                .insert(&summary_key(&bob, &ann)[1..], summary)
+                .unwrap();
+            db.flush().unwrap();
+        }
+        for _ in 0..2 {
+            // Opened twice: the second start finds nothing left to move.
+            let store = Store::open(dir.path(), 1 << 20).unwrap();
+            let page = Page {
+                limit: 10,
+                ..Page::default()
+            };
+            assert_eq!(store.history(&conversation, page).unwrap().0, old);
+            assert_eq!(store.last_seq(&conversation).unwrap(), 2);
+            let retry = ClientMsgId::parse("b-1".into()).unwrap();
+            assert_eq!(
+                store.message_by_client_id(&bob, &retry).unwrap().as_ref(),
+                Some(&old[1])
+            );
+            let summaries = store.conversations(&ann).unwrap();
+            assert_eq!(
+                (summaries.len(), summaries[0].peer, summaries[0].last_seq),
+                (1, bob, 2)
+            );
+            let names = store.inner.db.tree_names();
+            assert!(!names.iter().any(|n| n.as_ref() == b"messages"));
+        }
+    }
+
+    #[test]
+    fn a_batch_indexes_each_conversation_at_its_last_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (ann, bob, cat) = (UserId::random(), UserId::random(), UserId::random());
+        let batch = [
+            message(ann, bob, 1, "a-1"),
+            message(ann, cat, 1, "a-2"),
+            message(bob, ann, 2, "b-1"),
+            message(ann, bob, 3, "a-3"),
+        ];
+        store.append_messages(&batch).unwrap();
+        let mut summaries = store.conversations(&ann).unwrap();
+        summaries.sort_by_key(|s| s.last_seq);
+        let seen: Vec<_> = summaries.iter().map(|s| (s.peer, s.last_seq)).collect();
+        assert_eq!(seen, [(cat, 1), (bob, 3)]);
+        assert_eq!(store.conversations(&bob).unwrap()[0].last_seq, 3);
+        let retry = ClientMsgId::parse("a-2".into()).unwrap();
+        assert_eq!(
+            store.message_by_client_id(&ann, &retry).unwrap().as_ref(),
+            Some(&batch[1])
+        );
     }
 }

@@ -11,10 +11,16 @@
 //! | `otp` | purpose ‖ `0` ‖ identity key | [`OtpChallenge`] |
 //! | `sessions` | session id (16 bytes) | [`Session`] |
 //! | `refresh` | SHA-256 of a refresh token | session id |
-//! | `messages` | conversation id (both user ids, sorted) ‖ seq (u64 BE) | [`Message`](crate::domain::Message) |
-//! | `dedupe` | sender ‖ client_msg_id | the message's key |
+//! | `chat` | `m` ‖ conversation id (both user ids, sorted) ‖ seq (u64 BE) | [`Message`](crate::domain::Message) |
+//! | `chat` | `d` ‖ sender ‖ client_msg_id | the message's key without its `m` |
+//! | `chat` | `c` ‖ user ‖ peer | seq and time of the last message |
 //! | `read_markers` | reader ‖ peer | last seq read (u64 BE) |
-//! | `conversations` | user ‖ peer | seq and time of the last message |
+//!
+//! Messages, their dedupe entries and the conversations index share one tree (`chat`, told
+//! apart by the key's first byte) so that a batch of messages is one atomic
+//! [`sled::Tree::apply_batch`]: sled's multi-tree transactions cost several times as much per
+//! key (measured in BENCHMARKS.md). Stores made before this layout kept the three in trees of
+//! their own; [`Store::open`] moves them over once.
 //!
 //! # Durability
 //!
@@ -63,10 +69,8 @@ struct Inner {
     otp: sled::Tree,
     sessions: sled::Tree,
     refresh: sled::Tree,
-    messages: sled::Tree,
-    dedupe: sled::Tree,
+    chat: sled::Tree,
     read_markers: sled::Tree,
-    conversations: sled::Tree,
 }
 
 impl Store {
@@ -99,10 +103,8 @@ impl Store {
                 otp: db.open_tree("otp")?,
                 sessions: db.open_tree("sessions")?,
                 refresh: db.open_tree("refresh")?,
-                messages: db.open_tree("messages")?,
-                dedupe: db.open_tree("dedupe")?,
+                chat: messages::open_chat(&db)?,
                 read_markers: db.open_tree("read_markers")?,
-                conversations: db.open_tree("conversations")?,
                 db,
                 data_file,
                 data_file_path,

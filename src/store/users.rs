@@ -29,6 +29,11 @@ impl Store {
             .transpose()
     }
 
+    /// Whether an account has this id (without reading it).
+    pub fn user_exists(&self, id: &UserId) -> Result<bool, StoreError> {
+        Ok(self.inner.users.contains_key(id.as_bytes())?)
+    }
+
     pub fn user_id_by_identity(&self, identity: &Identity) -> Result<Option<UserId>, StoreError> {
         Ok(self
             .inner
