@@ -6,12 +6,22 @@ use crate::domain::UserId;
 
 /// Where `user`'s events go (only `user` may subscribe).
 pub fn inbox(user: &UserId) -> String {
-    format!("users/{user}/inbox")
+    topic(user, "inbox")
 }
 
 /// Where `user` sends commands (only `user` may publish).
 pub fn outbox(user: &UserId) -> String {
-    format!("users/{user}/outbox")
+    topic(user, "outbox")
+}
+
+/// `users/{user}/{kind}`, without `format!`: the relay spells two inboxes per message.
+fn topic(user: &UserId, kind: &str) -> String {
+    let mut topic = String::with_capacity(32 + kind.len());
+    topic.push_str("users/");
+    topic.push_str(&user.hex());
+    topic.push('/');
+    topic.push_str(kind);
+    topic
 }
 
 /// A topic of the scheme, parsed.

@@ -15,4 +15,4 @@ pub use identity::Identity;
 pub use message::{Body, ClientMsgId, InvalidBody, Message, MessageId};
 pub use phone::PhoneNumber;
 pub use session_id::SessionId;
-pub use user_id::UserId;
+pub use user_id::{HexId, UserId};

@@ -42,6 +42,30 @@ impl UserId {
     pub fn from_bytes(bytes: [u8; Self::BYTES]) -> Self {
         Self(bytes)
     }
+
+    /// The id as text, on the stack: topics and events spell ids on the hot path, where
+    /// `{:02x}` formatting per byte showed up in profiles.
+    pub fn hex(&self) -> HexId {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 2 * Self::BYTES];
+        for (i, b) in self.0.iter().enumerate() {
+            text[2 * i] = DIGITS[usize::from(b >> 4)];
+            text[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        HexId(text)
+    }
+}
+
+/// A [`UserId`] spelled out (see [`UserId::hex`]).
+#[derive(Clone, Copy)]
+pub struct HexId([u8; 2 * UserId::BYTES]);
+
+impl std::ops::Deref for HexId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
 }
 
 /// Lower-case hex only: one spelling per id.
@@ -55,17 +79,14 @@ fn hex_value(c: u8) -> Option<u8> {
 
 impl fmt::Display for UserId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&self.hex())
     }
 }
 
 /// As its text everywhere (JSON and storage), so there is one spelling.
 impl serde::Serialize for UserId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(&self.hex())
     }
 }
 
