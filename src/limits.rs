@@ -1,33 +1,48 @@
 //! In-memory sliding-window rate limits (login codes per IP and per identity, sends per user).
 //! Counters live in memory: a restart forgets them, which errs on the side of letting users in.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One limit to check: at most `max` events per `window` for `key`. `max == 0` is no limit.
-pub struct Rule<'a> {
-    pub key: &'a str,
+pub struct Rule<'a, K: ?Sized = str> {
+    pub key: &'a K,
     pub max: u32,
     pub window: Duration,
 }
 
-#[derive(Default)]
-pub struct RateLimiter {
-    events: Mutex<HashMap<String, VecDeque<Instant>>>,
+/// Keyed by text (`otp:ip:…`) by default; by any owned key (a `UserId` for sends, so that the
+/// hot path formats nothing).
+pub struct RateLimiter<K = String> {
+    events: Mutex<HashMap<K, VecDeque<Instant>>>,
+}
+
+impl<K> Default for RateLimiter<K> {
+    fn default() -> Self {
+        Self {
+            events: Mutex::default(),
+        }
+    }
 }
 
 /// Keys kept before a sweep drops the ones whose events are all old.
 const SWEEP_AT: usize = 10_000;
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Records one event under every rule if all of them allow it; otherwise records nothing
     /// and returns how long until the tightest rule allows one again.
-    pub fn try_acquire(&self, rules: &[Rule<'_>]) -> Result<(), Duration> {
+    pub fn try_acquire<Q>(&self, rules: &[Rule<'_, Q>]) -> Result<(), Duration>
+    where
+        Q: ?Sized + Hash + Eq + ToOwned<Owned = K>,
+        K: Borrow<Q>,
+    {
         let now = Instant::now();
         let mut events = self
             .events

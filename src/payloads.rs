@@ -2,6 +2,8 @@
 //! (`message`, `read`, `error`). Parsing turns a payload into domain types or into the error
 //! event the contract names; nothing else looks at raw payloads.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
@@ -28,6 +30,8 @@ pub struct CommandError {
     pub client_msg_id: Option<String>,
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds until a retry can succeed (`rate_limited` only).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,6 +41,10 @@ pub enum ErrorCode {
     BodyTooLarge,
     UnknownRecipient,
     RateLimited,
+    /// The same `client_msg_id` came with another `to` or `body`.
+    ClientMsgIdReused,
+    /// The server cannot store right now; nothing was stored.
+    Unavailable,
 }
 
 impl CommandError {
@@ -45,6 +53,21 @@ impl CommandError {
             client_msg_id,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `rate_limited`, with the whole seconds (at least 1) until a send is allowed again.
+    pub fn rate_limited(client_msg_id: Option<String>, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = secs.max(1);
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(
+                client_msg_id,
+                ErrorCode::RateLimited,
+                format!("too many messages; retry in {secs} s"),
+            )
         }
     }
 }
@@ -117,32 +140,52 @@ impl Command {
 pub struct MessageEvent<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    id: String,
+    id: &'a str,
     from: UserId,
     to: UserId,
     body: &'a str,
     seq: u64,
-    sent_at: String,
+    sent_at: Cow<'a, str>,
     client_msg_id: &'a str,
 }
 
-impl<'a> From<&'a Message> for MessageEvent<'a> {
-    fn from(m: &'a Message) -> Self {
+impl<'a> MessageEvent<'a> {
+    /// `sent_at` is `message.sent_at_ms` spelled by [`rfc3339_millis`], passed in so that a
+    /// batch of messages stored in the same millisecond spells it once.
+    pub fn new(m: &'a Message, sent_at: Cow<'a, str>) -> Self {
         Self {
             kind: "message",
-            id: m.id.to_string(),
+            id: m.id.as_str(),
             from: m.from,
             to: m.to,
             body: m.body.as_str(),
             seq: m.seq,
-            sent_at: rfc3339_millis(m.sent_at_ms),
+            sent_at,
             client_msg_id: m.client_msg_id.as_str(),
         }
     }
 }
 
+impl<'a> From<&'a Message> for MessageEvent<'a> {
+    fn from(m: &'a Message) -> Self {
+        Self::new(m, Cow::Owned(rfc3339_millis(m.sent_at_ms)))
+    }
+}
+
 pub fn message_event(message: &Message) -> Vec<u8> {
-    serde_json::to_vec(&MessageEvent::from(message)).expect("events serialise")
+    message_event_at(message, &rfc3339_millis(message.sent_at_ms))
+}
+
+/// [`message_event`] with `sent_at` already spelled.
+pub fn message_event_at(message: &Message, sent_at: &str) -> Vec<u8> {
+    // Room for the fixed fields (~190 bytes) and the body.
+    let mut event = Vec::with_capacity(256 + message.body.as_str().len());
+    serde_json::to_writer(
+        &mut event,
+        &MessageEvent::new(message, Cow::Borrowed(sent_at)),
+    )
+    .expect("events serialise");
+    event
 }
 
 /// The id and recipient of a `message` event, read from the fixed order in which
@@ -171,12 +214,15 @@ pub fn error_event(error: &CommandError) -> Vec<u8> {
         kind: &'static str,
         client_msg_id: Option<&'a str>,
         code: ErrorCode,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
         message: &'a str,
     }
     let event = ErrorEvent {
         kind: "error",
         client_msg_id: error.client_msg_id.as_deref(),
         code: error.code,
+        retry_after: error.retry_after,
         message: &error.message,
     };
     serde_json::to_vec(&event).expect("events serialise")

@@ -64,12 +64,8 @@ impl Application {
             settings.mqtt.max_connections,
             settings.mqtt.inbox_buffer_bytes,
         );
-        let (relay_tx, relay) = relay::spawn(
-            store.clone(),
-            &broker,
-            settings.limits.sends_per_user_per_minute,
-        )
-        .context("starting the relay")?;
+        let (relay_tx, relay) =
+            relay::spawn(store.clone(), &broker).context("starting the relay")?;
         let gateway = Gateway::new(
             mqtt_listener,
             ws_listener,
@@ -77,6 +73,7 @@ impl Application {
             auth.clone(),
             broker,
             relay_tx,
+            settings.limits.sends_per_user_per_minute,
         )
         .context("mqtt.listen")?;
         let state = AppState {

@@ -59,6 +59,8 @@ pub use presence::{Presence, MAX_WATCHED_PER_USER};
 use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::config::MqttSettings;
+use crate::domain::UserId;
+use crate::limits::{RateLimiter, Rule};
 use crate::relay::RelaySender;
 use crate::shutdown::{Shutdown, DRAIN_TIMEOUT};
 
@@ -71,6 +73,28 @@ struct Shared {
     admission: Arc<admission::Admission>,
     kept: kept::KeptSessions,
     presence: Presence,
+    /// Sends per user per minute (`limits.sends_per_user_per_minute`).
+    sends: SendLimit,
+}
+
+/// At most `per_minute` sends per user (0: no limit), counted by the connections.
+struct SendLimit {
+    per_minute: u32,
+    sent: RateLimiter<UserId>,
+}
+
+impl SendLimit {
+    /// Counts one send, or says how long until one is allowed.
+    fn try_acquire(&self, user: &UserId) -> Result<(), Duration> {
+        if self.per_minute == 0 {
+            return Ok(());
+        }
+        self.sent.try_acquire(&[Rule {
+            key: user,
+            max: self.per_minute,
+            window: Duration::from_secs(60),
+        }])
+    }
 }
 
 pub struct Gateway {
@@ -96,6 +120,7 @@ impl Gateway {
         auth: Arc<Auth>,
         broker: Broker,
         relay: RelaySender,
+        sends_per_minute: u32,
     ) -> std::io::Result<Self> {
         let ws = match ws {
             Some(listener) => {
@@ -122,6 +147,10 @@ impl Gateway {
                     settings.max_connections_per_user,
                 ),
                 presence: Presence::default(),
+                sends: SendLimit {
+                    per_minute: sends_per_minute,
+                    sent: RateLimiter::new(),
+                },
             }),
         })
     }

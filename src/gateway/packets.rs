@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::session::{End, Session};
 use super::wire::Wire;
 use super::{acl, Shared};
+use crate::domain::UserId;
+use crate::payloads::{Command, CommandError};
 use crate::relay::Submission;
 
 /// Handles one client packet; what the router must see is pushed to `to_router`. `Err` ends
@@ -65,11 +67,12 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         tracing::info!(%user, "MQTT publish to a forbidden topic; closing");
         return Err(End::Forbidden);
     }
-    let submission = Submission {
-        from: user,
-        payload: publish.payload,
-    };
-    if shared.relay.send(submission).await.is_err() {
+    if shared
+        .relay
+        .send(submission(shared, user, &publish.payload))
+        .await
+        .is_err()
+    {
         return Err(End::Shutdown);
     }
     let pkid = publish.pkid;
@@ -91,6 +94,21 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// An outbox payload as the relay takes it: parsed here, in the connection's task (so that
+/// parsing spreads over every core and the relay only stores), and a send checked against the
+/// user's sends per minute before anything is queued. A refusal travels as its error event.
+pub(super) fn submission(shared: &Shared, from: UserId, payload: &[u8]) -> Submission {
+    let command = Command::parse(payload).and_then(|command| {
+        if let Command::Send { client_msg_id, .. } = &command {
+            shared.sends.try_acquire(&from).map_err(|wait| {
+                CommandError::rate_limited(Some(client_msg_id.as_str().to_owned()), wait)
+            })?;
+        }
+        Ok(command)
+    });
+    Submission { from, command }
 }
 
 /// The device got an event: the router frees its slot, presence notes a delivered message.

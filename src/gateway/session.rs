@@ -23,7 +23,6 @@ use super::wire::Wire;
 use super::{handshake, kept, packets, Shared};
 use crate::auth::Claims;
 use crate::domain::{SessionId, UserId};
-use crate::relay::Submission;
 use crate::shutdown::Shutdown;
 
 /// Why a connection ended.
@@ -234,10 +233,7 @@ impl Session {
         }
         if end.fires_will() {
             if let Some(will) = self.will.take() {
-                let submission = Submission {
-                    from: self.user(),
-                    payload: will,
-                };
+                let submission = packets::submission(shared, self.user(), &will);
                 let _ = shared.relay.send(submission).await;
             }
         }

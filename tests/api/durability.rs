@@ -1,6 +1,6 @@
 //! Nothing acknowledged is lost, nothing is doubled: `kill -9` while a client streams sends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::Value;
 
@@ -92,12 +92,13 @@ async fn kill_9_while_streaming_loses_no_acknowledged_message_and_doubles_none()
         // The app retries everything of the round: what was stored answers its original
         // event, the rest is stored now, and still nothing is doubled.
         let mut mqtt = app.mqtt_inbox(&ann, "ann-phone").await;
-        let retries: HashSet<String> = (0..SENDS)
+        // A retry is the same send: the same body under the same id.
+        let retries: HashMap<String, String> = (0..SENDS)
             .step_by(7)
-            .map(|i| format!("r{round}-{i}"))
+            .map(|i| (format!("r{round}-{i}"), format!("message {i}")))
             .collect();
-        for id in &retries {
-            mqtt.send(&bob.user_id, "retried", id).await;
+        for (id, body) in &retries {
+            mqtt.send(&bob.user_id, body, id).await;
         }
         for _ in 0..retries.len() {
             let event = mqtt.event().await;
@@ -112,6 +113,6 @@ async fn kill_9_while_streaming_loses_no_acknowledged_message_and_doubles_none()
         }
         let history = full_history(&app, &bob, &ann.user_id).await;
         let stored = assert_gapless_and_unique(&history);
-        assert!(retries.iter().all(|id| stored.contains_key(id)));
+        assert!(retries.keys().all(|id| stored.contains_key(id)));
     }
 }

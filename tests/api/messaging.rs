@@ -77,14 +77,23 @@ async fn a_repeated_client_msg_id_stores_nothing_and_answers_the_original() {
     let original = ann_mqtt.event().await;
     bob_mqtt.event().await;
 
-    // A retry, even with another body, and from another device of Ann's.
+    // A retry, and one from another device of Ann's.
     ann_mqtt.send(&bob.user_id, "once", "c-1").await;
     assert_eq!(ann_mqtt.event().await, original);
     let mut laptop = app.mqtt_inbox(&ann, "ann-laptop").await;
-    laptop.send(&bob.user_id, "twice?", "c-1").await;
+    laptop.send(&bob.user_id, "once", "c-1").await;
     assert_eq!(laptop.event().await, original);
     // The replay goes to the sender's inbox, so Ann's phone sees it too.
     assert_eq!(ann_mqtt.event().await, original);
+    // The same id with another body, or to another user, is not a retry: refused, and the
+    // original stays.
+    laptop.send(&bob.user_id, "twice?", "c-1").await;
+    let reused = laptop.event().await;
+    assert_eq!(
+        (reused["code"].as_str(), reused["client_msg_id"].as_str()),
+        (Some("client_msg_id_reused"), Some("c-1"))
+    );
+    assert_eq!(ann_mqtt.event().await, reused);
     // Bob sees it once, and history holds it once.
     bob_mqtt.assert_no_event(Duration::from_millis(500)).await;
     let history = app
@@ -184,21 +193,23 @@ async fn bad_payloads_get_the_contract_error_and_nobody_else_notices() {
     );
     assert_eq!(ann_mqtt.event().await["seq"], 1);
 
-    // The rate limit (3 a minute here) answers rate_limited; Bob's own sends are unaffected.
+    // The rate limit (3 sends a minute here) counts every well-formed send, refused or not,
+    // before anything is queued: e-5, e-7 and ok-1 used it up, so ok-2 gets rate_limited with
+    // the seconds to wait. Bob's own sends are unaffected.
     ann_mqtt.send(&bob.user_id, "2", "ok-2").await;
-    ann_mqtt.send(&bob.user_id, "3", "ok-3").await;
-    ann_mqtt.send(&bob.user_id, "4", "ok-4").await;
-    assert_eq!(ann_mqtt.event().await["seq"], 2);
-    assert_eq!(ann_mqtt.event().await["seq"], 3);
     let limited = ann_mqtt.event().await;
     assert_eq!(
         (limited["code"].as_str(), limited["client_msg_id"].as_str()),
-        (Some("rate_limited"), Some("ok-4"))
+        (Some("rate_limited"), Some("ok-2"))
     );
-    bob_mqtt.event().await;
-    bob_mqtt.event().await;
+    assert!(
+        limited["retry_after"]
+            .as_u64()
+            .is_some_and(|s| (1..=60).contains(&s)),
+        "{limited}"
+    );
     bob_mqtt.send(&ann.user_id, "still here", "b-1").await;
-    assert_eq!(bob_mqtt.event().await["seq"], 4);
+    assert_eq!(bob_mqtt.event().await["seq"], 2);
 }
 
 #[tokio::test]
