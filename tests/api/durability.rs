@@ -1,6 +1,7 @@
 //! Nothing acknowledged is lost, nothing is doubled: `kill -9` while a client streams sends.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -114,5 +115,67 @@ async fn kill_9_while_streaming_loses_no_acknowledged_message_and_doubles_none()
         let history = full_history(&app, &bob, &ann.user_id).await;
         let stored = assert_gapless_and_unique(&history);
         assert!(retries.keys().all(|id| stored.contains_key(id)));
+    }
+}
+
+/// The same under the bench's kind of load: many senders at once (so batches hold many
+/// conversations), `kill -9` at a random moment, twice. Every acknowledged message is in its
+/// conversation's history once and unchanged, no conversation has a seq gap, and sends go on
+/// after the restart.
+#[tokio::test]
+async fn kill_9_at_a_random_moment_under_many_senders_loses_nothing_and_doubles_nothing() {
+    use rand::Rng;
+    const PAIRS: usize = 8;
+    const SENDS: usize = 2000;
+    let mut app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__SENDS_PER_USER_PER_MINUTE", 0))
+            .await;
+    let mut pairs = Vec::new();
+    for i in 0..PAIRS {
+        let sender = app.login(&format!("+141555502{i:02}")).await;
+        let receiver = app.login(&format!("+141555503{i:02}")).await;
+        pairs.push((sender, receiver));
+    }
+    let mut acknowledged: Vec<HashMap<String, Value>> = vec![HashMap::new(); PAIRS];
+
+    for round in 0..2 {
+        let mut streams = Vec::new();
+        for (i, (sender, receiver)) in pairs.iter().enumerate() {
+            let mqtt = app.mqtt_inbox(sender, &format!("sender-{i}")).await;
+            let streamer = mqtt.stream_sends(&receiver.user_id, SENDS, &format!("r{round}-"));
+            streams.push((mqtt, streamer));
+        }
+        let moment = rand::rng().random_range(50..400);
+        tokio::time::sleep(Duration::from_millis(moment)).await;
+        app.kill9();
+        let mut total = 0;
+        for (i, (mut mqtt, streamer)) in streams.into_iter().enumerate() {
+            let events = mqtt.events_until_closed().await;
+            streamer.abort();
+            total += events.len();
+            for event in events {
+                assert_eq!(event["type"], "message", "{event}");
+                let id = event["client_msg_id"].as_str().unwrap().to_owned();
+                acknowledged[i].insert(id, event);
+            }
+        }
+        eprintln!("round {round}: killed after {moment} ms, {total} sends acknowledged");
+        assert!(total < PAIRS * SENDS, "the kill came too late");
+
+        app.start();
+        for (i, (sender, receiver)) in pairs.iter().enumerate() {
+            let history = full_history(&app, receiver, &sender.user_id).await;
+            let stored = assert_gapless_and_unique(&history);
+            for (id, event) in &acknowledged[i] {
+                assert_eq!(stored.get(id), Some(event), "pair {i}: acknowledged {id}");
+            }
+        }
+    }
+    // Still a working server: one more message per pair gets the next seq.
+    for (i, (sender, receiver)) in pairs.iter().enumerate() {
+        let mut mqtt = app.mqtt_inbox(sender, &format!("sender-{i}")).await;
+        let before = full_history(&app, receiver, &sender.user_id).await.len();
+        mqtt.send(&receiver.user_id, "after", "after-1").await;
+        assert_eq!(mqtt.event().await["seq"], before as u64 + 1);
     }
 }
