@@ -7,10 +7,6 @@ use std::process::ExitCode;
 use tidings::config::Settings;
 use tidings::startup::{shutdown_signal, Application};
 
-/// mimalloc instead of the system allocator: see BENCHMARKS.md ("Throughput").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USAGE: &str =
     "usage: tidings [--config PATH]   (default ./broker.toml; a missing file means all defaults)";
 
