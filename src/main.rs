@@ -4,6 +4,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod allocator;
+
 use tidings::config::Settings;
 use tidings::startup::{shutdown_signal, Application};
 
