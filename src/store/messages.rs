@@ -1,10 +1,13 @@
 //! Messages and their history: keyed by conversation and `seq` so that a conversation is one
 //! ordered range, with a dedupe index on `sender ‖ client_msg_id` and a conversations index
-//! (each user's peers and their last message). All three live in the `chat` tree, told apart by
-//! the key's first byte, so that a batch of messages with its dedupe entries and index updates
-//! is one atomic `apply_batch`: a crash leaves all of a batch or none of it.
-
-use std::collections::HashMap;
+//! (each user's peers). All three live in the `chat` tree, told apart by the key's first byte,
+//! so that a batch of messages with its dedupe entries and index entries is one atomic
+//! `apply_batch`: a crash leaves all of a batch or none of it.
+//!
+//! Every key a message writes costs sled a copy of a leaf node, and a split every few appends
+//! (BENCHMARKS.md, "Throughput"), so a message writes two keys: itself and its dedupe entry.
+//! The conversations index is written once per conversation, with its first message; a
+//! conversation's last seq and time are read from its last message when the list is asked for.
 
 use super::{decode, encode, Store, StoreError};
 use crate::domain::{ClientMsgId, ConversationId, Message, UserId};
@@ -160,26 +163,38 @@ impl Store {
 
     /// The user's conversations: each peer with the seq and time of its last message.
     pub fn conversations(&self, user: &UserId) -> Result<Vec<ConversationSummary>, StoreError> {
+        let mut summaries = Vec::new();
+        for row in self.inner.chat.scan_prefix(user_prefix(user)) {
+            let (key, _) = row?;
+            let peer: [u8; UserId::BYTES] =
+                key[1 + UserId::BYTES..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt {
+                        tree: "conversations",
+                        detail: "short key".into(),
+                    })?;
+            let peer = UserId::from_bytes(peer);
+            let Some(last) = self.last_message(&ConversationId::of(user, &peer))? else {
+                continue;
+            };
+            summaries.push(ConversationSummary {
+                peer,
+                last_seq: last.seq,
+                last_at_ms: last.sent_at_ms,
+            });
+        }
+        Ok(summaries)
+    }
+
+    /// The newest message of a conversation.
+    fn last_message(&self, conversation: &ConversationId) -> Result<Option<Message>, StoreError> {
         self.inner
             .chat
-            .scan_prefix(user_prefix(user))
-            .map(|row| {
-                let (key, value) = row?;
-                let peer: [u8; UserId::BYTES] =
-                    key[1 + UserId::BYTES..]
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt {
-                            tree: "conversations",
-                            detail: "short key".into(),
-                        })?;
-                let (last_seq, last_at_ms): (u64, u64) = decode("conversations", &value)?;
-                Ok(ConversationSummary {
-                    peer: UserId::from_bytes(peer),
-                    last_seq,
-                    last_at_ms,
-                })
-            })
-            .collect()
+            .scan_prefix(conversation_prefix(conversation))
+            .next_back()
+            .transpose()?
+            .map(|(_, value)| decode("messages", &value))
+            .transpose()
     }
 
     /// One message of a conversation.
@@ -219,21 +234,15 @@ impl Store {
     /// last message.
     pub fn append_messages(&self, messages: &[Message]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        let mut last: HashMap<ConversationId, &Message> = HashMap::new();
         for message in messages {
-            let conversation = message.conversation();
-            let key = message_key(&conversation, message.seq);
+            let key = message_key(&message.conversation(), message.seq);
             batch.insert(&key[..], encode(message));
             batch.insert(dedupe_key(&message.from, &message.client_msg_id), &key[1..]);
-            let newest = last.entry(conversation).or_insert(message);
-            if message.seq > newest.seq {
-                *newest = message;
+            if message.seq == 1 {
+                // A new conversation: both users' lists gain it.
+                batch.insert(&summary_key(&message.from, &message.to)[..], &[]);
+                batch.insert(&summary_key(&message.to, &message.from)[..], &[]);
             }
-        }
-        for message in last.into_values() {
-            let summary = encode(&(message.seq, message.sent_at_ms));
-            batch.insert(&summary_key(&message.from, &message.to)[..], &summary[..]);
-            batch.insert(&summary_key(&message.to, &message.from)[..], summary);
         }
         Ok(self.inner.chat.apply_batch(batch)?)
     }
@@ -376,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_indexes_each_conversation_at_its_last_message() {
+    fn the_conversations_index_shows_each_conversation_at_its_last_message() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 1 << 20).unwrap();
         let (ann, bob, cat) = (UserId::random(), UserId::random(), UserId::random());
@@ -392,6 +401,15 @@ mod tests {
         let seen: Vec<_> = summaries.iter().map(|s| (s.peer, s.last_seq)).collect();
         assert_eq!(seen, [(cat, 1), (bob, 3)]);
         assert_eq!(store.conversations(&bob).unwrap()[0].last_seq, 3);
+        // A later batch: the index is not written again, the list still follows.
+        let later = message(bob, ann, 4, "b-2");
+        store.append_messages(std::slice::from_ref(&later)).unwrap();
+        let summary = store.conversations(&ann).unwrap();
+        let bob_row = summary.iter().find(|s| s.peer == bob).unwrap();
+        assert_eq!(
+            (bob_row.last_seq, bob_row.last_at_ms),
+            (4, later.sent_at_ms)
+        );
         let retry = ClientMsgId::parse("a-2".into()).unwrap();
         assert_eq!(
             store.message_by_client_id(&ann, &retry).unwrap().as_ref(),
