@@ -466,3 +466,51 @@ fn the_router_does_not_stall_on_links_that_left() {
         "the live link got nothing: the router stalled"
     );
 }
+
+/// Counts the spans created under a `warn` filter (what tidings runs with by default).
+struct SpanCounter;
+
+static SPANS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl tracing::Subscriber for SpanCounter {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::WARN)
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        SPANS.fetch_add(1, Ordering::Relaxed);
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Patch 11: under a `warn` filter the router opens no span per packet (it opened three
+/// error-level spans per publish, formatting the topic with `Debug` each time).
+#[test]
+fn publishes_open_no_spans_under_a_warn_filter() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    tracing::subscriber::set_global_default(SpanCounter).expect("the only global subscriber");
+    let open = router(1024 * 1024);
+    let (mut publisher, _publisher_rx, _) = open("span-publisher", true).unwrap();
+    let (mut tx, mut rx) = {
+        let (tx, rx, _) = open("span-subscriber", true).unwrap();
+        (tx, rx)
+    };
+    subscribed(&mut tx, &mut rx, "spans/news");
+    let before = SPANS.load(Ordering::Relaxed);
+    for i in 0..100 {
+        publisher.publish("spans/news", format!("{i}")).unwrap();
+        assert_eq!(receive(&mut tx, &mut rx), format!("{i}").into_bytes());
+    }
+    assert_eq!(
+        SPANS.load(Ordering::Relaxed) - before,
+        0,
+        "spans per publish"
+    );
+}
