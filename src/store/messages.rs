@@ -19,22 +19,34 @@ const CONVERSATION: u8 = b'c';
 
 const MESSAGE_KEY: usize = 1 + ConversationId::BYTES + 8;
 
+/// A fixed-size key: its prefix byte, if any, then `parts` end to end.
+fn key<const N: usize>(prefix: Option<u8>, parts: &[&[u8]]) -> [u8; N] {
+    let mut key = [0u8; N];
+    let mut at = 0;
+    if let Some(prefix) = prefix {
+        key[0] = prefix;
+        at = 1;
+    }
+    for part in parts {
+        key[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    debug_assert_eq!(at, N, "a key's parts fill it");
+    key
+}
+
 /// A message's key: its conversation, then its seq (big-endian, so a conversation is one
 /// ordered range).
 fn message_key(conversation: &ConversationId, seq: u64) -> [u8; MESSAGE_KEY] {
-    let mut key = [0u8; MESSAGE_KEY];
-    key[0] = MESSAGE;
-    key[1..1 + ConversationId::BYTES].copy_from_slice(conversation.as_bytes());
-    key[1 + ConversationId::BYTES..].copy_from_slice(&seq.to_be_bytes());
-    key
+    key(
+        Some(MESSAGE),
+        &[conversation.as_bytes(), &seq.to_be_bytes()],
+    )
 }
 
 /// The prefix of every message of a conversation.
 fn conversation_prefix(conversation: &ConversationId) -> [u8; 1 + ConversationId::BYTES] {
-    let mut key = [0u8; 1 + ConversationId::BYTES];
-    key[0] = MESSAGE;
-    key[1..].copy_from_slice(conversation.as_bytes());
-    key
+    key(Some(MESSAGE), &[conversation.as_bytes()])
 }
 
 fn dedupe_key(from: &UserId, client_msg_id: &ClientMsgId) -> Vec<u8> {
@@ -47,18 +59,11 @@ fn dedupe_key(from: &UserId, client_msg_id: &ClientMsgId) -> Vec<u8> {
 
 /// `user`'s entry for `peer` in the conversations index.
 fn summary_key(user: &UserId, peer: &UserId) -> [u8; 1 + 2 * UserId::BYTES] {
-    let mut key = [0u8; 1 + 2 * UserId::BYTES];
-    key[0] = CONVERSATION;
-    key[1..1 + UserId::BYTES].copy_from_slice(user.as_bytes());
-    key[1 + UserId::BYTES..].copy_from_slice(peer.as_bytes());
-    key
+    key(Some(CONVERSATION), &[user.as_bytes(), peer.as_bytes()])
 }
 
 fn user_prefix(user: &UserId) -> [u8; 1 + UserId::BYTES] {
-    let mut key = [0u8; 1 + UserId::BYTES];
-    key[0] = CONVERSATION;
-    key[1..].copy_from_slice(user.as_bytes());
-    key
+    key(Some(CONVERSATION), &[user.as_bytes()])
 }
 
 /// Opens the `chat` tree, first moving into it what a store made before it kept in the trees
@@ -117,10 +122,7 @@ pub struct Page {
 }
 
 fn marker_key(reader: &UserId, peer: &UserId) -> [u8; 2 * UserId::BYTES] {
-    let mut key = [0u8; 2 * UserId::BYTES];
-    key[..UserId::BYTES].copy_from_slice(reader.as_bytes());
-    key[UserId::BYTES..].copy_from_slice(peer.as_bytes());
-    key
+    key(None, &[reader.as_bytes(), peer.as_bytes()])
 }
 
 impl Store {
