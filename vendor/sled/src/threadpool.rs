@@ -68,7 +68,10 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // one task needs one thread: waking every waiting thread
+        // (notify_all) made all of them contend for the lock and go
+        // back to sleep, several context switches per write.
+        self.cv.notify_one();
 
         len
     }
