@@ -145,6 +145,8 @@ async fn two_devices_of_one_user_get_every_event_and_an_offline_one_catches_up()
     let last_seen = echo["seq"].as_u64().unwrap();
     drop(laptop);
     bob_mqtt.send(&ann.user_id, "while away 1", "b-2").await;
+    // Stored before the phone sends (two clients' publishes are otherwise in no set order).
+    bob_mqtt.event().await;
     phone.send(&bob.user_id, "while away 2", "p-2").await;
     for _ in 0..2 {
         phone.event().await;
