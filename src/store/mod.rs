@@ -24,15 +24,15 @@
 //!
 //! # Durability
 //!
-//! sled 0.34's `flush()` writes with `sync_file_range` on Linux and does not fsync (sled
-//! issue #1452). [`Store::durable`] flushes and then `fdatasync`s sled's data file itself, so
-//! what it returns from is on the device.
+//! [`Store::durable`] is sled's `flush()`, which returns once what was written before it is on
+//! the device: sled 0.34 wrote with `sync_file_range` on Linux and never fsynced (sled issue
+//! #1452); the vendored sled `fdatasync`s its file at the end of every flush
+//! (`vendor/sled/PATCHES.md`, patch 3, and its test in `tests/sled.rs`).
 
 mod auth;
 mod messages;
 mod users;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -61,9 +61,6 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
-    /// sled's data file, kept open to `fdatasync` it after each flush.
-    data_file: File,
-    data_file_path: PathBuf,
     users: sled::Tree,
     identities: sled::Tree,
     otp: sled::Tree,
@@ -91,11 +88,6 @@ impl Store {
             .path(path)
             .cache_capacity(cache_bytes)
             .open()?;
-        let data_file_path = path.join("db");
-        let data_file = File::open(&data_file_path).map_err(|source| StoreError::Io {
-            path: data_file_path.clone(),
-            source,
-        })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 users: db.open_tree("users")?,
@@ -106,23 +98,16 @@ impl Store {
                 chat: messages::open_chat(&db)?,
                 read_markers: db.open_tree("read_markers")?,
                 db,
-                data_file,
-                data_file_path,
             }),
         })
     }
 
-    /// Makes every write so far durable: sled flush, then `fdatasync` of its data file.
-    /// Blocks; from async code call it through `spawn_blocking` (see [`Store::durable_async`]).
+    /// Makes every write so far durable: sled's flush, which ends in an `fdatasync` of its
+    /// file. Blocks; from async code call it through `spawn_blocking` (see
+    /// [`Store::durable_async`]).
     pub fn durable(&self) -> Result<(), StoreError> {
         self.inner.db.flush()?;
-        self.inner
-            .data_file
-            .sync_data()
-            .map_err(|source| StoreError::Io {
-                path: self.inner.data_file_path.clone(),
-                source,
-            })
+        Ok(())
     }
 
     /// [`Store::durable`] off the async worker threads.

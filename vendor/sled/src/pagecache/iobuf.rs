@@ -565,8 +565,15 @@ impl IoBufs {
     }
 
     // Write an IO buffer's data to stable storage and set up the
-    // next IO buffer for writing.
-    pub(crate) fn write_to_log(&self, iobuf: &IoBuf) -> Result<()> {
+    // next IO buffer for writing. `sync_range`: wait for the
+    // device to have the data (sync_file_range); `flush` passes
+    // false, as it fdatasyncs the file itself once the buffers
+    // it waits for are written.
+    pub(crate) fn write_to_log(
+        &self,
+        iobuf: &IoBuf,
+        sync_range: bool,
+    ) -> Result<()> {
         let _measure = Measure::new(&M.write_to_log);
         let header = iobuf.get_header();
         let log_offset = iobuf.offset;
@@ -728,7 +735,7 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
+            if sync_range && !self.config.temporary {
                 #[cfg(target_os = "linux")]
                 {
                     use std::os::unix::io::AsRawFd;
@@ -1024,7 +1031,15 @@ pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     // the caller blocks until the buffer is on disk anyway: handing
     // the write to the threadpool only added a wake-up and two
     // context switches to every flush.
-    make_stable_inner(iobufs, max_reserved_lsn, false, true)
+    let written = make_stable_inner(iobufs, max_reserved_lsn, false, true)?;
+    // sync_file_range neither flushes the device's write cache nor
+    // the file's metadata (a grown file's size): what flush returns
+    // from must survive a power loss, so fdatasync, once, after
+    // every buffer up to max_reserved_lsn is written.
+    if !iobufs.config.temporary {
+        iobufs.config.file.sync_data()?;
+    }
+    Ok(written)
 }
 
 /// Attempt to seal the current IO buffer, possibly
@@ -1206,7 +1221,7 @@ fn seal_and_write_iobuf(
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
         if write_inline {
-            let result = iobufs.write_to_log(&iobuf);
+            let result = iobufs.write_to_log(&iobuf, false);
             if let Err(e) = &result {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
@@ -1220,7 +1235,7 @@ fn seal_and_write_iobuf(
             return result;
         }
         let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf) {
+            if let Err(e) = iobufs.write_to_log(&iobuf, true) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
                     lsn, e
