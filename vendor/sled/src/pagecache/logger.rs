@@ -388,6 +388,7 @@ impl Log {
                 is_blob_rewrite: blob_rewrite.is_some(),
                 header_len: usize::try_from(message_header.serialized_size())
                     .unwrap(),
+                write_inline: false,
             });
         }
     }
@@ -395,7 +396,11 @@ impl Log {
     /// Called by Reservation on termination (completion or abort).
     /// Handles departure from shared state, and possibly writing
     /// the buffer to stable storage if necessary.
-    pub(super) fn exit_reservation(&self, iobuf: &Arc<IoBuf>) -> Result<()> {
+    pub(super) fn exit_reservation(
+        &self,
+        iobuf: &Arc<IoBuf>,
+        write_inline: bool,
+    ) -> Result<()> {
         let mut header = iobuf.get_header();
 
         // Decrement writer count, retrying until successful.
@@ -433,6 +438,17 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
+            if write_inline {
+                let result = self.iobufs.write_to_log(iobuf, false);
+                if let Err(e) = &result {
+                    error!(
+                        "hit error while writing iobuf with lsn {}: {:?}",
+                        lsn, e
+                    );
+                    self.config.set_global_error(e.clone());
+                }
+                return result;
+            }
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
             threadpool::spawn(move || {

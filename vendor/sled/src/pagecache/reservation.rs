@@ -14,6 +14,9 @@ pub struct Reservation<'a> {
     pub(super) lsn: Lsn,
     pub(super) is_blob_rewrite: bool,
     pub(super) header_len: usize,
+    /// Whether `exit_reservation` writes a buffer this reservation
+    /// leaves ready on this thread (see `mark_writebatch`).
+    pub(super) write_inline: bool,
 }
 
 impl<'a> Drop for Reservation<'a> {
@@ -79,7 +82,7 @@ impl<'a> Reservation<'a> {
     /// Will panic if the reservation is not the correct
     /// size to hold a serialized Lsn.
     #[doc(hidden)]
-    pub fn mark_writebatch(self, peg_lsn: Lsn) -> Result<(Lsn, DiskPtr)> {
+    pub fn mark_writebatch(mut self, peg_lsn: Lsn) -> Result<(Lsn, DiskPtr)> {
         trace!(
             "writing batch required stable lsn {} into \
              BatchManifest at lid {} peg_lsn {}",
@@ -105,6 +108,11 @@ impl<'a> Reservation<'a> {
             intervals.mark_batch((self.lsn, peg_lsn));
             drop(intervals);
 
+            // the batch's writer is the last writer of the manifest's
+            // buffer (sealed when the batch began): it writes it
+            // itself instead of handing it to the threadpool, as
+            // whoever waits for the batch waits for this buffer.
+            self.write_inline = true;
             self.complete()
         }
     }
@@ -136,7 +144,7 @@ impl<'a> Reservation<'a> {
                 std::mem::size_of::<u32>(),
             );
         }
-        self.log.exit_reservation(&self.iobuf)?;
+        self.log.exit_reservation(&self.iobuf, self.write_inline)?;
 
         Ok((self.lsn(), self.pointer()))
     }
