@@ -124,6 +124,7 @@ pub(super) async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         ticket,
         subscribed: None,
         deliveries: Deliveries::default(),
+        in_relay: None,
     };
     if !wire.flush().await {
         session.finish(End::ClientGone, shared).await;

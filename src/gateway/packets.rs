@@ -13,7 +13,10 @@ use rumqttd::protocol::{
     PubRecReason, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
     Unsubscribe,
 };
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::session::{End, Session};
 use super::wire::Wire;
@@ -54,10 +57,17 @@ pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// A command for the outbox: to the relay (whose bounded queue holds a fast client back),
-/// then acknowledged. Any other topic closes the connection.
+/// The most commands one connection has in the relay (queued, or in the batch being made
+/// durable) at a time; at the limit it reads no further packets, and the client waits for its
+/// PUBACKs. Without it one flat-out client filled the relay's whole queue (4 096 commands):
+/// ~100 ms between its publish and the event at 40 000 msg/s, and batches of events that ran
+/// past its peer's inbox buffer (BENCHMARKS.md, "pair"). Many clients still fill a batch.
+pub(super) const IN_RELAY: usize = 256;
+
+/// A command for the outbox: to the relay (whose bounded queue holds many fast clients back,
+/// and [`IN_RELAY`] one), then acknowledged. Any other topic closes the connection.
 async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
-    session: &Session,
+    session: &mut Session,
     shared: &Shared,
     wire: &mut Wire<R, W>,
     publish: Publish,
@@ -67,12 +77,15 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         tracing::info!(%user, "MQTT publish to a forbidden topic; closing");
         return Err(End::Forbidden);
     }
-    if shared
-        .relay
-        .send(submission(shared, user, &publish.payload))
+    let places = session
+        .in_relay
+        .get_or_insert_with(|| Arc::new(Semaphore::new(IN_RELAY)));
+    let place = Arc::clone(places)
+        .acquire_owned()
         .await
-        .is_err()
-    {
+        .expect("a connection's semaphore is never closed");
+    let submission = submission(shared, user, &publish.payload, Some(place));
+    if shared.relay.send(submission).await.is_err() {
         return Err(End::Shutdown);
     }
     let pkid = publish.pkid;
@@ -99,7 +112,12 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// An outbox payload as the relay takes it: parsed here, in the connection's task (so that
 /// parsing spreads over every core and the relay only stores), and a send checked against the
 /// user's sends per minute before anything is queued. A refusal travels as its error event.
-pub(super) fn submission(shared: &Shared, from: UserId, payload: &[u8]) -> Submission {
+pub(super) fn submission(
+    shared: &Shared,
+    from: UserId,
+    payload: &[u8],
+    place: Option<OwnedSemaphorePermit>,
+) -> Submission {
     let command = Command::parse(payload).and_then(|command| {
         if let Command::Send { client_msg_id, .. } = &command {
             shared.sends.try_acquire(&from).map_err(|wait| {
@@ -108,7 +126,11 @@ pub(super) fn submission(shared: &Shared, from: UserId, payload: &[u8]) -> Submi
         }
         Ok(command)
     });
-    Submission { from, command }
+    Submission {
+        from,
+        command,
+        place,
+    }
 }
 
 /// The device got an event: the router frees its slot, presence notes a delivered message.

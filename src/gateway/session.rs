@@ -13,6 +13,7 @@ use bytes::Bytes;
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::admission::Ticket;
@@ -68,6 +69,8 @@ pub(super) struct Session {
     /// Held while subscribed to the user's inbox.
     pub(super) subscribed: Option<Subscribed>,
     pub(super) deliveries: Deliveries,
+    /// This connection's places in the relay (`packets::IN_RELAY`), made at its first publish.
+    pub(super) in_relay: Option<Arc<Semaphore>>,
 }
 
 /// Serves one client over any byte stream (TCP, or WebSocket frames bridged to bytes).
@@ -233,7 +236,7 @@ impl Session {
         }
         if end.fires_will() {
             if let Some(will) = self.will.take() {
-                let submission = packets::submission(shared, self.user(), &will);
+                let submission = packets::submission(shared, self.user(), &will, None);
                 let _ = shared.relay.send(submission).await;
             }
         }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::thread::JoinHandle;
 
 use rumqttd::Notification;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::broker::Broker;
 use crate::domain::{ClientMsgId, Message, MessageId, UserId};
@@ -42,6 +42,10 @@ const MAX_BATCH: usize = 1024;
 pub struct Submission {
     pub from: UserId,
     pub command: Result<Command, CommandError>,
+    /// The connection's hold on one of its places in the relay (see
+    /// `gateway::packets::IN_RELAY`): given back once the command's batch is durable and its
+    /// events are out.
+    pub place: Option<OwnedSemaphorePermit>,
 }
 
 pub type RelaySender = mpsc::Sender<Submission>;
@@ -97,6 +101,7 @@ impl Relay {
     /// The batching loop: block for one command, take what else is queued, process.
     fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
         let mut queued = Vec::with_capacity(MAX_BATCH);
+        let mut places = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = rx.blocking_recv() {
             queued.push(first);
             while queued.len() < MAX_BATCH {
@@ -107,7 +112,8 @@ impl Relay {
             }
             let mut batch = Batch::default();
             let now_ms = crate::clock::unix_now_ms();
-            for submission in queued.drain(..) {
+            for mut submission in queued.drain(..) {
+                places.extend(submission.place.take());
                 self.admit(submission, now_ms, &mut batch);
             }
             if let Err(e) = self.commit(&batch) {
@@ -115,14 +121,17 @@ impl Relay {
                 self.seqs.forget(&batch.fresh);
                 let replies = events::unavailable(&batch.fresh, batch.replies);
                 self.events.publish(&[], replies);
+                places.clear();
                 continue;
             }
             self.events.publish(&batch.fresh, batch.replies);
+            places.clear();
         }
         tracing::debug!("relay stopped");
     }
 
-    fn admit(&mut self, Submission { from, command }: Submission, now_ms: u64, batch: &mut Batch) {
+    fn admit(&mut self, submission: Submission, now_ms: u64, batch: &mut Batch) {
+        let Submission { from, command, .. } = submission;
         let reply = match command {
             Err(error) => Reply::Error(from, error),
             Ok(Command::Send {
