@@ -1,7 +1,9 @@
 //! The relay: outbox commands in, durable messages and inbox events out. It runs on its own
 //! thread and is the only writer of messages. Connections parse and rate-limit commands before
-//! they queue them (so that work spreads over every core); the relay takes whatever queued up
-//! while the previous batch was being made durable (group commit, no timer), and for each batch:
+//! they queue them (so that work spreads over every core), each with at most a few hundred in
+//! the relay at once (a place per command, given back when its batch is done). The relay takes
+//! whatever queued up while the previous batch was being made durable (group commit, no
+//! timer), and for each batch:
 //!
 //! 1. **admits** each command ([`policy`]: recipient known, not a retry of a stored message)
 //!    and hands each new message the next `seq` of its conversation ([`seqs`]);
