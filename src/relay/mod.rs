@@ -118,15 +118,16 @@ impl Relay {
                 places.extend(submission.place.take());
                 self.admit(submission, now_ms, &mut batch);
             }
-            if let Err(e) = self.commit(&batch) {
-                tracing::error!(error = %e, "relay: storing a batch of {}", batch.fresh.len());
-                self.seqs.forget(&batch.fresh);
-                let replies = events::unavailable(&batch.fresh, batch.replies);
-                self.events.publish(&[], replies);
-                places.clear();
-                continue;
+            match self.commit(&batch) {
+                Ok(()) => self.events.publish(&batch.fresh, batch.replies),
+                Err(e) => {
+                    tracing::error!(error = %e, "relay: storing a batch of {}", batch.fresh.len());
+                    self.seqs.forget(&batch.fresh);
+                    let replies = events::unavailable(&batch.fresh, batch.replies);
+                    self.events.publish(&[], replies);
+                }
             }
-            self.events.publish(&batch.fresh, batch.replies);
+            // The batch's commands are answered: their connections may queue more.
             places.clear();
         }
         tracing::debug!("relay stopped");

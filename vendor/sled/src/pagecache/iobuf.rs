@@ -1220,22 +1220,11 @@ fn seal_and_write_iobuf(
         );
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
-        if write_inline {
-            let result = iobufs.write_to_log(&iobuf, false);
+        // on the pool, or on this thread when `write_inline` (then
+        // without sync_file_range: the flush fdatasyncs after it).
+        let write = move |sync_range: bool| -> Result<()> {
+            let result = iobufs.write_to_log(&iobuf, sync_range);
             if let Err(e) = &result {
-                error!(
-                    "hit error while writing iobuf with lsn {}: {:?}",
-                    lsn, e
-                );
-                iobufs.config.set_global_error(e.clone());
-                let intervals = iobufs.intervals.lock();
-                drop(intervals);
-                let _notified = iobufs.interval_updated.notify_all();
-            }
-            return result;
-        }
-        let _result = threadpool::spawn(move || {
-            if let Err(e) = iobufs.write_to_log(&iobuf, true) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
                     lsn, e
@@ -1243,7 +1232,7 @@ fn seal_and_write_iobuf(
 
                 // store error before notifying so that waiting threads will see
                 // it
-                iobufs.config.set_global_error(e);
+                iobufs.config.set_global_error(e.clone());
 
                 let intervals = iobufs.intervals.lock();
 
@@ -1253,6 +1242,13 @@ fn seal_and_write_iobuf(
 
                 let _notified = iobufs.interval_updated.notify_all();
             }
+            result
+        };
+        if write_inline {
+            return write(false);
+        }
+        let _result = threadpool::spawn(move || {
+            let _ = write(true);
         })?;
 
         #[cfg(feature = "event_log")]

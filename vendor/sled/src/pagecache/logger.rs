@@ -438,27 +438,26 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
-            if write_inline {
-                let result = self.iobufs.write_to_log(iobuf, false);
+            let iobufs = self.iobufs.clone();
+            let iobuf = iobuf.clone();
+            // on the pool, or on this thread when `write_inline` (then
+            // without sync_file_range: the flush fdatasyncs after it).
+            let write = move |sync_range: bool| -> Result<()> {
+                let result = iobufs.write_to_log(&iobuf, sync_range);
                 if let Err(e) = &result {
                     error!(
                         "hit error while writing iobuf with lsn {}: {:?}",
                         lsn, e
                     );
-                    self.config.set_global_error(e.clone());
+                    iobufs.config.set_global_error(e.clone());
                 }
-                return result;
+                result
+            };
+            if write_inline {
+                return write(false);
             }
-            let iobufs = self.iobufs.clone();
-            let iobuf = iobuf.clone();
             threadpool::spawn(move || {
-                if let Err(e) = iobufs.write_to_log(&iobuf, true) {
-                    error!(
-                        "hit error while writing iobuf with lsn {}: {:?}",
-                        lsn, e
-                    );
-                    iobufs.config.set_global_error(e);
-                }
+                let _ = write(true);
             })?;
 
             Ok(())
