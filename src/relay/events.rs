@@ -33,6 +33,10 @@ pub(super) struct Events {
     link: LinkTx,
     /// The last `sent_at` spelled, and its spelling.
     sent_at: (u64, String),
+    /// A batch's packets before they go to the router; kept between batches, so that a big
+    /// batch does not fault in fresh memory each time (it did: ~5 % of the CPU with 1 000
+    /// pairs flat out).
+    packets: Vec<Packet>,
 }
 
 impl Events {
@@ -40,12 +44,13 @@ impl Events {
         Self {
             link,
             sent_at: (u64::MAX, String::new()),
+            packets: Vec::new(),
         }
     }
 
     /// Hands the replies' events to the router, waking it once for all of them.
     pub(super) fn publish(&mut self, fresh: &[Message], replies: Vec<Reply>) {
-        let mut packets: Vec<Packet> = Vec::with_capacity(replies.len() * 2);
+        let mut packets = std::mem::take(&mut self.packets);
         let mut push = |user: &UserId, payload: Bytes| {
             let topic = Bytes::from(crate::topics::inbox(user));
             packets.push(Packet::Publish(Publish::new(topic, payload, false), None));
@@ -69,14 +74,19 @@ impl Events {
                 Reply::Error(user, error) => push(&user, payloads::error_event(&error).into()),
             }
         }
-        let Some(Packet::Publish(last, _)) = packets.pop() else {
-            return;
-        };
-        self.link.buffer().extend(packets);
-        // `publish` queues the last one and wakes the router once for all of them.
-        if let Err(e) = self.link.publish(last.topic, last.payload) {
-            tracing::error!(error = ?e, "relay: the broker refused events");
+        if let Some(Packet::Publish(last, _)) = packets.pop() {
+            {
+                let mut buffer = self.link.buffer();
+                // Room for the last one too: growing a batch-sized buffer for it copied it.
+                buffer.reserve(packets.len() + 1);
+                buffer.extend(packets.drain(..));
+            }
+            // `publish` queues the last one and wakes the router once for all of them.
+            if let Err(e) = self.link.publish(last.topic, last.payload) {
+                tracing::error!(error = ?e, "relay: the broker refused events");
+            }
         }
+        self.packets = packets;
     }
 
     fn message_event(&mut self, message: &Message) -> Bytes {
