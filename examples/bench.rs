@@ -733,13 +733,14 @@ async fn drive(bench: &Bench, broker: &Broker, load: Load, tag: &str) -> anyhow:
     drain(&run.tally, bench.timing.drain).await;
     let _ = stop.send(true);
     let received = join_all(receivers).await.context("a receiver")?;
-    join_all(senders).await.context("a sender")?;
+    let sent = join_all(senders).await.context("a sender")?;
     anyhow::ensure!(broker.running(), "the server exited");
     let peak_rss_mib = broker.peak_rss_mib();
     let window = bench.timing.window;
     Figures::new(
         &received,
         &run.tally,
+        &sent,
         window,
         cpu,
         peak_rss_mib,
@@ -922,7 +923,7 @@ async fn send(
     mut sender: Sender,
     run: Arc<Run>,
     mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let end = tokio::time::sleep_until(run.clock.at(run.clock.end));
     tokio::pin!(end);
     let mut sending = true;
@@ -934,7 +935,7 @@ async fn send(
         let wake = sender.wake().unwrap_or_else(|| run.clock.at(run.clock.end));
         tokio::select! {
             biased;
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Ok(sender.in_window),
             _ = &mut end, if sending => sending = false,
             read = sender.raw.read_more() => {
                 read?;
@@ -956,6 +957,8 @@ struct Sender {
     unacked: usize,
     /// The last message's number.
     number: u64,
+    /// Messages published in the window.
+    in_window: u64,
 }
 
 impl Sender {
@@ -972,6 +975,7 @@ impl Sender {
             pace,
             unacked: 0,
             number: 0,
+            in_window: 0,
         })
     }
 
@@ -996,6 +1000,7 @@ impl Sender {
         }
         if run.clock.in_window(stamp) {
             run.tally.sent.fetch_add(n as u64, Ordering::Relaxed);
+            self.in_window += n as u64;
         }
         if let Some(pace) = self.pace.as_mut() {
             pace.sent += n as u64;
@@ -1145,6 +1150,9 @@ struct Figures {
     p999_ms: f64,
     /// % of the messages published in the window that arrived.
     delivered: f64,
+    /// What the slowest sender published in the window, as a % of what the median one did:
+    /// 100 when the server serves every connection alike.
+    slowest_sender: f64,
     /// % of the CPUs they run on.
     server_cpu: f64,
     bench_cpu: f64,
@@ -1160,6 +1168,7 @@ impl Figures {
     fn new(
         received: &[Received],
         tally: &Tally,
+        sent: &[u64],
         window: Duration,
         cpu: CpuUse,
         peak_rss_mib: f64,
@@ -1179,6 +1188,10 @@ impl Figures {
             latencies[i] as f64 / 1000.0
         };
         let throughput = latencies.len() as f64 / window.as_secs_f64();
+        let mut per_sender = sent.to_vec();
+        per_sender.sort_unstable();
+        let median = per_sender.get(per_sender.len() / 2).copied().unwrap_or(0);
+        let slowest = per_sender.first().copied().unwrap_or(0);
         let sent = tally.sent.load(Ordering::Relaxed) as f64;
         let bench_share = cpu.bench / cpu.wall / cpus.load.len() as f64;
         Ok(Self {
@@ -1187,6 +1200,7 @@ impl Figures {
             p99_ms: at(0.99),
             p999_ms: at(0.999),
             delivered: tally.delivered.load(Ordering::Relaxed) as f64 * 100.0 / sent,
+            slowest_sender: slowest as f64 * 100.0 / median.max(1) as f64,
             server_cpu: cpu.server / cpu.wall / cpus.server.len() as f64 * 100.0,
             bench_cpu: bench_share * 100.0,
             capacity: throughput / bench_share,
@@ -1198,8 +1212,8 @@ impl Figures {
     /// One line for the progress log.
     fn summary(&self) -> String {
         let mut line = format!(
-            "{:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, delivered {:.1} %, server CPU {:.0} %, bench CPU {:.0} %",
-            self.throughput, self.p50_ms, self.p99_ms, self.p999_ms, self.delivered, self.server_cpu, self.bench_cpu
+            "{:.0} msg/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, delivered {:.1} %, slowest sender {:.0} % of the median, server CPU {:.0} %, bench CPU {:.0} %",
+            self.throughput, self.p50_ms, self.p99_ms, self.p999_ms, self.delivered, self.slowest_sender, self.server_cpu, self.bench_cpu
         );
         if self.other > 0 {
             line += &format!(", {} other events", self.other);
@@ -1231,6 +1245,13 @@ fn throughput_rows(
             "delivered (% of sent in the window)",
             each(|f| f.delivered),
         )
+        .no_ratio(),
+        Row::new(
+            name,
+            "slowest sender (% of the median's messages)",
+            each(|f| f.slowest_sender),
+        )
+        .decimals(0)
         .no_ratio(),
         Row::new(
             name,

@@ -25,17 +25,18 @@ use crate::domain::UserId;
 use crate::payloads::{Command, CommandError};
 use crate::relay::Submission;
 
-/// Handles one client packet; what the router must see is pushed to `to_router`. `Err` ends
-/// the connection.
+/// Handles one client packet; what the router must see is pushed to `to_router`, outbox
+/// commands to `to_relay` (see [`submit`]). `Err` ends the connection.
 pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     session: &mut Session,
     shared: &Shared,
     wire: &mut Wire<R, W>,
     packet: In,
     to_router: &mut Vec<Out>,
+    to_relay: &mut Vec<Submission>,
 ) -> Result<(), End> {
     match packet {
-        In::Publish(p) => publish(session, shared, wire, p).await?,
+        In::Publish(p) => publish(session, shared, wire, p, to_relay).await?,
         In::PubAck(ack) => puback(session, shared, ack, to_router),
         In::PubRel(rel) => pubrel(wire, rel),
         In::Subscribe(s) => subscribe(session, shared, wire, s, to_router),
@@ -64,13 +65,16 @@ pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// past its peer's inbox buffer (BENCHMARKS.md, "pair"). Many clients still fill a batch.
 pub(super) const IN_RELAY: usize = 256;
 
-/// A command for the outbox: to the relay (whose bounded queue holds many fast clients back,
-/// and [`IN_RELAY`] one), then acknowledged. Any other topic closes the connection.
+/// A command for the outbox: parsed, given one of the connection's places in the relay
+/// (waiting for one when all [`IN_RELAY`] are taken) and put in `to_relay`, then acknowledged.
+/// The acknowledgement is written after [`submit`] has queued the command in the relay. Any
+/// other topic closes the connection.
 async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     session: &mut Session,
     shared: &Shared,
     wire: &mut Wire<R, W>,
     publish: Publish,
+    to_relay: &mut Vec<Submission>,
 ) -> Result<(), End> {
     let user = session.user();
     if !acl::may_publish(&user, &publish.topic) {
@@ -80,14 +84,19 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let places = session
         .in_relay
         .get_or_insert_with(|| Arc::new(Semaphore::new(IN_RELAY)));
-    let place = Arc::clone(places)
-        .acquire_owned()
-        .await
-        .expect("a connection's semaphore is never closed");
-    let submission = submission(shared, user, &publish.payload, Some(place));
-    if shared.relay.send(submission).await.is_err() {
-        return Err(End::Shutdown);
-    }
+    let place = match Arc::clone(places).try_acquire_owned() {
+        Ok(place) => place,
+        Err(_) => {
+            // Some places may be held by the commands still here: they go first, or their
+            // places would never come back.
+            submit(shared, to_relay).await?;
+            Arc::clone(places)
+                .acquire_owned()
+                .await
+                .expect("a connection's semaphore is never closed")
+        }
+    };
+    to_relay.push(submission(shared, user, &publish.payload, Some(place)));
     let pkid = publish.pkid;
     match publish.qos {
         InQoS::AtMostOnce => {}
@@ -105,6 +114,26 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             };
             wire.queue(Out::PubRec(rec, None));
         }
+    }
+    Ok(())
+}
+
+/// Queues a connection's commands in the relay, in order, all at once: the relay's queue
+/// hands out its room first come, first served, and a connection waits for room for all of
+/// what it read rather than for each command. Waiting per command, connections that came
+/// back to an empty queue took it whole while the rest got one command in per batch (with
+/// 1 000 pairs flat out, most senders got 114 messages through in 12 s and a few 1 965).
+pub(super) async fn submit(shared: &Shared, to_relay: &mut Vec<Submission>) -> Result<(), End> {
+    if to_relay.is_empty() {
+        return Ok(());
+    }
+    let room = shared
+        .relay
+        .reserve_many(to_relay.len())
+        .await
+        .map_err(|_| End::Shutdown)?;
+    for (slot, submission) in room.zip(to_relay.drain(..)) {
+        slot.send(submission);
     }
     Ok(())
 }

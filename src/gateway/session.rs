@@ -24,6 +24,7 @@ use super::wire::Wire;
 use super::{handshake, kept, packets, Shared};
 use crate::auth::Claims;
 use crate::domain::{SessionId, UserId};
+use crate::relay::Submission;
 use crate::shutdown::Shutdown;
 
 /// Why a connection ended.
@@ -149,18 +150,27 @@ impl Session {
         end
     }
 
-    /// Handles every whole packet read, then hands the router its share and writes the answers.
-    /// The router gets its share even when a packet ends the connection: a PUBACK read just
-    /// before a DISCONNECT must still free its event, or a kept session gets it again.
+    /// Handles every whole packet read, then hands the relay and the router their shares and
+    /// writes the answers (PUBACKs only once their commands are in the relay). Both get their
+    /// share even when a packet ends the connection: a send read before a DISCONNECT is still
+    /// sent, and a PUBACK read just before it must still free its event, or a kept session
+    /// gets it again.
     async fn handle_input<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &mut self,
         wire: &mut Wire<R, W>,
         shared: &Shared,
     ) -> Result<(), End> {
         let mut to_router = Vec::new();
-        let handled = self.handle_packets(wire, shared, &mut to_router).await;
-        self.link.send(&mut to_router).map_err(|_| End::Replaced)?;
+        let mut to_relay = Vec::new();
+        let handled = self
+            .handle_packets(wire, shared, &mut to_router, &mut to_relay)
+            .await;
+        // The router first: its share (PUBACKs of events) never waits for room in the relay.
+        let routed = self.link.send(&mut to_router);
+        let submitted = packets::submit(shared, &mut to_relay).await;
+        routed.map_err(|_| End::Replaced)?;
         handled?;
+        submitted?;
         wire.release_read_buffer();
         if !wire.flush().await {
             return Err(End::ClientGone);
@@ -173,6 +183,7 @@ impl Session {
         wire: &mut Wire<R, W>,
         shared: &Shared,
         to_router: &mut Vec<rumqttd::protocol::Packet>,
+        to_relay: &mut Vec<Submission>,
     ) -> Result<(), End> {
         loop {
             let packet = match wire.next_packet() {
@@ -183,7 +194,7 @@ impl Session {
                     return Err(End::ProtocolViolation);
                 }
             };
-            packets::handle(self, shared, wire, packet, to_router).await?;
+            packets::handle(self, shared, wire, packet, to_router, to_relay).await?;
         }
     }
 

@@ -1,7 +1,8 @@
 //! The relay: outbox commands in, durable messages and inbox events out. It runs on its own
 //! thread and is the only writer of messages. Connections parse and rate-limit commands before
-//! they queue them (so that work spreads over every core), each with at most a few hundred in
-//! the relay at once (a place per command, given back when its batch is done). The relay takes
+//! they queue them (so that work spreads over every core), queue all the commands of one read
+//! at once (so that the queue's room is shared fairly among connections), and hold at most a
+//! few hundred in the relay at once (a place per command, given back when its batch is done). The relay takes
 //! whatever queued up while the previous batch was being made durable (group commit, no
 //! timer), and for each batch:
 //!

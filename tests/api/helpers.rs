@@ -819,6 +819,19 @@ impl RawMqtt {
         self.write(&out).await;
     }
 
+    /// Publishes each of `payloads` to `topic` at QoS 1 (packet ids 1, 2, ...), all in one
+    /// write.
+    pub async fn publish_all(&mut self, topic: &str, payloads: impl IntoIterator<Item = Vec<u8>>) {
+        let mut out = bytes::BytesMut::new();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let mut publish =
+                raw::Publish::new(topic, rumqttc::mqttbytes::QoS::AtLeastOnce, payload);
+            publish.pkid = u16::try_from(i + 1).expect("at most 65 535 publishes");
+            publish.write(&mut out).unwrap();
+        }
+        self.write(&out).await;
+    }
+
     pub async fn puback(&mut self, pkid: u16) {
         let mut out = bytes::BytesMut::new();
         raw::PubAck::new(pkid).write(&mut out).unwrap();

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
+
 use crate::helpers::*;
 
 /// Two logged-in users, each with an MQTT connection subscribed to its inbox.
@@ -67,6 +69,44 @@ async fn a_hundred_messages_arrive_in_order_with_seq_1_to_100() {
         assert_eq!(echo["client_msg_id"], format!("c-{i}"));
         assert_eq!(echo["seq"], i);
     }
+}
+
+/// Far more sends in one write than a connection may have in the relay at once (256), so
+/// that one read holds more than that: every one is acknowledged and delivered once, in order.
+/// The connection queues a read's sends together, so this fails (the connection hangs) if it
+/// waited for a place while sends it still held had places.
+#[tokio::test]
+async fn two_thousand_sends_in_one_write_are_all_acknowledged_and_arrive_in_order() {
+    let app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__SENDS_PER_USER_PER_MINUTE", 0))
+            .await;
+    let (ann, _ann_mqtt, bob, mut bob_mqtt) = ann_and_bob(&app).await;
+    let (mut raw, code, _) =
+        RawMqtt::connect(app.mqtt, "ann-raw", &ann.user_id, &ann.access, true).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    let sends = (1..=2000).map(|i| {
+        let command = json!({"type": "send", "to": bob.user_id, "body": format!("message {i}"),
+            "client_msg_id": format!("c-{i}")});
+        command.to_string().into_bytes()
+    });
+    raw.publish_all(&format!("users/{}/outbox", ann.user_id), sends)
+        .await;
+    let mut acked = Vec::new();
+    while acked.len() < 2000 {
+        match raw.next().await {
+            Some(Packet::PubAck(ack)) => acked.push(ack.pkid),
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(acked, (1..=2000).collect::<Vec<u16>>());
+    for i in 1..=2000u64 {
+        let event = bob_mqtt.event().await;
+        assert_eq!(
+            (event["seq"].as_u64(), event["body"].as_str()),
+            (Some(i), Some(format!("message {i}").as_str()))
+        );
+    }
+    bob_mqtt.assert_no_event(Duration::from_millis(300)).await;
 }
 
 #[tokio::test]
