@@ -247,8 +247,8 @@ impl Session {
         }
         if end.fires_will() {
             if let Some(will) = self.will.take() {
-                let submission = packets::submission(shared, self.user(), &will, None);
-                let _ = shared.relay.send(submission).await;
+                let will = packets::submission(shared, self.user(), &will, None);
+                let _ = packets::submit(shared, &mut vec![will]).await;
             }
         }
         drop(self.claim);

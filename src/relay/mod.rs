@@ -2,9 +2,9 @@
 //! thread and is the only writer of messages. Connections parse and rate-limit commands before
 //! they queue them (so that work spreads over every core), queue all the commands of one read
 //! at once (so that the queue's room is shared fairly among connections), and hold at most a
-//! few hundred in the relay at once (a place per command, given back when its batch is done). The relay takes
-//! whatever queued up while the previous batch was being made durable (group commit, no
-//! timer), and for each batch:
+//! few hundred in the relay at once (a place per command, given back when its batch is done).
+//! The relay takes whatever queued up while the previous batch was being made durable (group
+//! commit, no timer), and for each batch:
 //!
 //! 1. **admits** each command ([`policy`]: recipient known, not a retry of a stored message)
 //!    and hands each new message the next `seq` of its conversation ([`seqs`]);
