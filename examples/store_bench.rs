@@ -55,7 +55,7 @@ fn main() {
                 client_msg_id,
             });
         }
-        store.append_messages(&messages).expect("append");
+        store.append_messages(&messages, &[]).expect("append");
         store.durable().expect("durable");
         sent += batch;
     }

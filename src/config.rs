@@ -31,6 +31,10 @@ pub struct Settings {
 pub struct HttpSettings {
     /// `host:port`; port 0 picks a free port (tests), the bound one is logged.
     pub listen: String,
+    /// How users reach the HTTP API from outside (the unsubscribe links of forwarded emails);
+    /// when absent, `http://` and the bound HTTP address.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,8 +131,14 @@ pub enum SmtpTls {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardingSettings {
+    /// How long a message may stay undelivered before it is forwarded.
     pub delay_secs: u64,
+    /// At most one SMS per sender and recipient in this window; later ones fold into one.
     pub sms_min_interval_secs: u64,
+    /// At most one email (a digest) per recipient in this window.
+    pub email_min_interval_secs: u64,
+    /// SMS per recipient per (UTC) day; 0: no cap.
+    pub sms_per_recipient_per_day: u32,
 }
 
 /// Abuse limits; 0 switches one off.
@@ -281,6 +291,11 @@ impl Settings {
                 "email.smtp.from",
                 format!("{:?} is not a mailbox: {e}", self.email.smtp.from),
             );
+        }
+        if let Some(url) = &self.http.public_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("http.public_url", format!("{url:?} is not an http(s) URL"));
+            }
         }
         if self.email.provider == EmailProvider::Smtp && self.email.smtp.host.is_empty() {
             return bad(

@@ -20,6 +20,8 @@
 //! - [`relay`]: outbox commands → validate → store → fsync → inbox events (group commit).
 //! - [`payloads`]: the JSON of outbox commands and inbox events.
 //! - [`notify`]: SMS and email providers (`console`, `twilio`, `smtp`).
+//! - [`forward`]: forwarding by SMS and email of messages no device received in time (jobs
+//!   written by the relay with the message; folding, caps, retries, exactly once).
 //! - [`limits`]: in-memory sliding-window rate limits.
 //!
 //! The external contract (HTTP, MQTT, config) is documented in `README.md` and `topics.md`.
@@ -30,6 +32,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod forward;
 pub mod gateway;
 pub mod limits;
 pub mod notify;

@@ -13,6 +13,7 @@ use crate::api::{self, AppState};
 use crate::auth::{Auth, Keys};
 use crate::broker::Broker;
 use crate::config::Settings;
+use crate::forward::{self, Forwarder, Providers};
 use crate::gateway::{Gateway, Presence};
 use crate::notify;
 use crate::relay;
@@ -26,6 +27,7 @@ pub struct Application {
     relay: std::thread::JoinHandle<()>,
     store: Store,
     state: AppState,
+    forwarder: Forwarder,
 }
 
 impl Application {
@@ -57,22 +59,44 @@ impl Application {
             keys,
             settings.auth.clone(),
             settings.limits.clone(),
-            sms,
-            email,
+            sms.clone(),
+            email.clone(),
         ));
         let broker = Broker::start(
             settings.mqtt.max_connections,
             settings.mqtt.inbox_buffer_bytes,
         );
+        let presence = Presence::default();
+        let (wakeup, forward_inbox) = forward::queue();
+        let forwarding = relay::Forwarding {
+            presence: presence.clone(),
+            delay: std::time::Duration::from_secs(settings.forwarding.delay_secs),
+            wakeup,
+        };
         let (relay_tx, relay) =
-            relay::spawn(store.clone(), &broker).context("starting the relay")?;
+            relay::spawn(store.clone(), &broker, forwarding).context("starting the relay")?;
+        let providers = Providers {
+            sms,
+            email,
+            auth: auth.clone(),
+            public_base: match &settings.http.public_url {
+                Some(url) => url.trim_end_matches('/').to_owned(),
+                None => format!("http://{http_addr}"),
+            },
+        };
+        let forwarder = Forwarder::new(
+            store.clone(),
+            presence.clone(),
+            providers,
+            settings.forwarding.clone(),
+            forward_inbox,
+        );
         let gateway = Gateway::new(
-            mqtt_listener,
-            ws_listener,
+            (mqtt_listener, ws_listener),
             &settings.mqtt,
             auth.clone(),
             broker,
-            relay_tx,
+            (relay_tx, presence),
             settings.limits.sends_per_user_per_minute,
         )
         .context("mqtt.listen")?;
@@ -87,6 +111,7 @@ impl Application {
             relay,
             store,
             state,
+            forwarder,
         })
     }
 
@@ -129,6 +154,7 @@ impl Application {
             .gateway
             .ws_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let forwarder = tokio::spawn(self.forwarder.run(stop.clone()));
         let gateway = tokio::spawn(self.gateway.run(stop));
         tracing::info!(http = %self.http_addr, mqtt = %mqtt_addr, ws = %ws, "tidings ready");
 
@@ -144,6 +170,7 @@ impl Application {
         // The gateway returns once its connections are closed; with them go the last handles
         // on the relay's queue, so the relay finishes what was queued and stops.
         gateway.await.context("MQTT gateway task")?;
+        forwarder.await.context("forwarding task")?;
         let relay = self.relay;
         tokio::task::spawn_blocking(move || relay.join())
             .await

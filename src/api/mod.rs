@@ -5,6 +5,7 @@ mod auth;
 mod conversations;
 mod error;
 mod extract;
+mod forwarding;
 mod me;
 
 use std::sync::Arc;
@@ -42,6 +43,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me/phone/verify", post(me::verify_phone))
         .route("/v1/conversations", get(conversations::list))
         .route("/v1/users/lookup", get(me::lookup))
+        .route(
+            "/v1/forwarding/unsubscribe",
+            post(forwarding::unsubscribe).get(forwarding::confirm_page),
+        )
         .route(
             "/v1/conversations/{peer_id}/messages",
             get(conversations::messages),

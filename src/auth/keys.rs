@@ -12,6 +12,7 @@ use sha2::Sha256;
 
 use super::Claims;
 use crate::config::Secret;
+use crate::domain::UserId;
 
 const SECRET_FILE: &str = "jwt_secret";
 
@@ -21,7 +22,12 @@ pub struct Keys {
     validation: Validation,
     /// HMAC key for OTP hashes, derived from the JWT secret so there is one secret to keep.
     otp_key: [u8; 32],
+    /// HMAC key for the unsubscribe links of forwarded emails, derived the same way.
+    link_key: [u8; 32],
 }
+
+/// The part of a link's HMAC it carries (128 bits).
+const LINK_MAC: usize = 16;
 
 impl Keys {
     /// The configured secret, else the one kept in `storage_dir`, else a new one kept there.
@@ -37,14 +43,18 @@ impl Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-        mac.update(b"tidings otp key v1");
+        let derive = |label: &[u8]| -> [u8; 32] {
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+            mac.update(label);
+            mac.finalize().into_bytes().into()
+        };
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-            otp_key: mac.finalize().into_bytes().into(),
+            otp_key: derive(b"tidings otp key v1"),
+            link_key: derive(b"tidings unsubscribe link key v1"),
         }
     }
 
@@ -84,6 +94,40 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// The token of `user`'s one-click unsubscribe link: the user id and an HMAC of it,
+    /// base64url. It does not expire (RFC 8058 links must keep working); a new `jwt_secret`
+    /// voids every link.
+    pub fn unsubscribe_token(&self, user: &UserId) -> String {
+        let mut token = user.as_bytes().to_vec();
+        token.extend_from_slice(&self.link_mac(user).finalize().into_bytes()[..LINK_MAC]);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token)
+    }
+
+    /// The user an unsubscribe token names, if we made it.
+    pub fn unsubscribe_user(&self, token: &str) -> Option<UserId> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()?;
+        if bytes.len() != UserId::BYTES + LINK_MAC {
+            return None;
+        }
+        let (id, tag) = bytes.split_at(UserId::BYTES);
+        let user = UserId::from_bytes(id.try_into().ok()?);
+        // Constant time.
+        self.link_mac(&user).verify_truncated_left(tag).ok()?;
+        Some(user)
+    }
+
+    fn link_mac(&self, user: &UserId) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.link_key).expect("HMAC takes keys of any length");
+        mac.update(b"forward_email off:");
+        mac.update(user.as_bytes());
+        mac
+    }
+}
+
 fn load_or_create_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
     let path = dir.join(SECRET_FILE);
@@ -115,4 +159,29 @@ fn load_or_create_secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated a JWT secret");
     Ok(secret.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsubscribe_token_names_its_user_and_cannot_be_forged() {
+        let keys = Keys::from_secret(b"0123456789abcdef0123456789abcdef");
+        let (ann, bob) = (UserId::random(), UserId::random());
+        let token = keys.unsubscribe_token(&ann);
+        assert_eq!(keys.unsubscribe_user(&token), Some(ann));
+        // Bob's id with Ann's tag, a cut tag, another server's token, garbage.
+        let mut forged = bob.as_bytes().to_vec();
+        let ann_bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&token)
+            .unwrap();
+        forged.extend_from_slice(&ann_bytes[UserId::BYTES..]);
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
+        assert_eq!(keys.unsubscribe_user(&forged), None);
+        assert_eq!(keys.unsubscribe_user(&token[..token.len() - 2]), None);
+        let other = Keys::from_secret(b"another secret, also 32 bytes long");
+        assert_eq!(other.unsubscribe_user(&token), None);
+        assert_eq!(keys.unsubscribe_user("not a token!"), None);
+    }
 }

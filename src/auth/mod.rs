@@ -166,13 +166,21 @@ impl Auth {
             format!("Your tidings code is {code}. It expires in {minutes} min. Do not share it.");
         let sms = self.sms.clone();
         let email = self.email.clone();
+        let mail = match &identity {
+            Identity::Email(address) => Some(notify::Mail {
+                to: address.clone(),
+                subject: "Your tidings code".into(),
+                body: text.clone(),
+                unsubscribe: None,
+            }),
+            Identity::Phone(_) => None,
+        };
         tokio::spawn(async move {
             let result = notify::with_retries(4, Duration::from_secs(1), || async {
-                match &identity {
-                    Identity::Phone(phone) => sms.send(phone, &text).await,
-                    Identity::Email(address) => {
-                        email.send(address, "Your tidings code", &text).await
-                    }
+                match (&identity, &mail) {
+                    (_, Some(mail)) => email.send(mail).await,
+                    (Identity::Phone(phone), None) => sms.send(phone, &text).await,
+                    (Identity::Email(_), None) => unreachable!("an email identity has a mail"),
                 }
             })
             .await;
@@ -318,6 +326,16 @@ impl Auth {
 
     /// Verifies an access token: signature (HS256 only), expiry, and that its session is live.
     /// Called on every HTTP request and every MQTT CONNECT.
+    /// The token of `user`'s one-click unsubscribe link (forwarded emails).
+    pub fn unsubscribe_token(&self, user: &UserId) -> String {
+        self.keys.unsubscribe_token(user)
+    }
+
+    /// The user an unsubscribe token names, if this server made it.
+    pub fn unsubscribe_user(&self, token: &str) -> Option<UserId> {
+        self.keys.unsubscribe_user(token)
+    }
+
     pub fn authenticate(&self, access_token: &str) -> Result<Claims, AuthError> {
         let claims = self
             .keys

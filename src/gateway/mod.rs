@@ -112,14 +112,14 @@ enum Transport {
 }
 
 impl Gateway {
-    /// `tcp` serves MQTT over TCP, `ws` (when given) MQTT over WebSocket at `/mqtt`.
+    /// `tcp` serves MQTT over TCP, `ws` (when given) MQTT over WebSocket at `/mqtt`; commands
+    /// go to `relay`, and `presence` learns who is subscribed and what they acknowledged.
     pub fn new(
-        tcp: TcpListener,
-        ws: Option<TcpListener>,
+        (tcp, ws): (TcpListener, Option<TcpListener>),
         settings: &MqttSettings,
         auth: Arc<Auth>,
         broker: Broker,
-        relay: RelaySender,
+        (relay, presence): (RelaySender, Presence),
         sends_per_minute: u32,
     ) -> std::io::Result<Self> {
         let ws = match ws {
@@ -146,7 +146,7 @@ impl Gateway {
                     Duration::from_secs(settings.session_expiry_secs),
                     settings.max_connections_per_user,
                 ),
-                presence: Presence::default(),
+                presence,
                 sends: SendLimit {
                     per_minute: sends_per_minute,
                     sent: RateLimiter::new(),

@@ -1,8 +1,8 @@
 //! The `console` providers: print SMS and emails to the log. For development only: they log
 //! what they send, login codes included.
 
-use super::{BoxFuture, EmailSender, SendError, SmsSender};
-use crate::domain::{Email, PhoneNumber};
+use super::{BoxFuture, EmailSender, Mail, SendError, SmsSender};
+use crate::domain::PhoneNumber;
 
 pub struct ConsoleSms;
 
@@ -22,13 +22,11 @@ impl SmsSender for ConsoleSms {
 pub struct ConsoleEmail;
 
 impl EmailSender for ConsoleEmail {
-    fn send<'a>(
-        &'a self,
-        to: &'a Email,
-        subject: &'a str,
-        body: &'a str,
-    ) -> BoxFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a self, mail: &'a Mail) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
+            let Mail {
+                to, subject, body, ..
+            } = mail;
             tracing::info!(target: "tidings::console", "email to {to}: {subject}: {body}");
             Ok(())
         })

@@ -38,13 +38,19 @@ pub trait SmsSender: Send + Sync {
     ) -> BoxFuture<'a, Result<(), SendError>>;
 }
 
+/// One plain-text email.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: Email,
+    pub subject: String,
+    pub body: String,
+    /// The one-click unsubscribe URL (RFC 8058): sent as the `List-Unsubscribe` and
+    /// `List-Unsubscribe-Post` headers.
+    pub unsubscribe: Option<String>,
+}
+
 pub trait EmailSender: Send + Sync {
-    fn send<'a>(
-        &'a self,
-        to: &'a Email,
-        subject: &'a str,
-        body: &'a str,
-    ) -> BoxFuture<'a, Result<(), SendError>>;
+    fn send<'a>(&'a self, mail: &'a Mail) -> BoxFuture<'a, Result<(), SendError>>;
 }
 
 /// The SMS provider `settings` name.

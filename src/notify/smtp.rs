@@ -1,14 +1,13 @@
 //! The `smtp` email provider, on lettre's async SMTP transport (plain, STARTTLS or implicit TLS,
 //! optional AUTH).
 
-use lettre::message::header::ContentType;
+use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::{BoxFuture, EmailSender, SendError, PROVIDER_TIMEOUT};
+use super::{BoxFuture, EmailSender, Mail, SendError, PROVIDER_TIMEOUT};
 use crate::config::{SmtpSettings, SmtpTls};
-use crate::domain::Email;
 
 pub struct SmtpEmail {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -53,23 +52,28 @@ impl SmtpEmail {
 }
 
 impl EmailSender for SmtpEmail {
-    fn send<'a>(
-        &'a self,
-        to: &'a Email,
-        subject: &'a str,
-        body: &'a str,
-    ) -> BoxFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a self, mail: &'a Mail) -> BoxFuture<'a, Result<(), SendError>> {
         Box::pin(async move {
-            let to: Mailbox = to
+            let to: Mailbox = mail
+                .to
                 .as_str()
                 .parse()
                 .map_err(|e| SendError::Permanent(format!("bad recipient: {e}")))?;
-            let message = Message::builder()
+            let domain = self.from.email.domain().to_owned();
+            let mut builder = Message::builder()
                 .from(self.from.clone())
                 .to(to)
-                .subject(subject)
-                .header(ContentType::TEXT_PLAIN)
-                .body(body.to_owned())
+                .subject(&mail.subject)
+                .date_now()
+                .message_id(Some(format!("<{}@{domain}>", uuid_like())))
+                .header(ContentType::TEXT_PLAIN);
+            if let Some(url) = &mail.unsubscribe {
+                builder = builder
+                    .header(ListUnsubscribe(format!("<{url}>")))
+                    .header(ListUnsubscribePost);
+            }
+            let message = builder
+                .body(mail.body.clone())
                 .map_err(|e| SendError::Permanent(format!("cannot build email: {e}")))?;
             match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
                 Ok(Ok(_)) => Ok(()),
@@ -81,6 +85,48 @@ impl EmailSender for SmtpEmail {
                 ))),
             }
         })
+    }
+}
+
+/// 128 random bits in hex: the unique part of a `Message-ID`.
+fn uuid_like() -> String {
+    let bits: u128 = rand::random();
+    format!("{bits:032x}")
+}
+
+/// `List-Unsubscribe: <https://...>` (RFC 2369).
+#[derive(Clone)]
+struct ListUnsubscribe(String);
+
+impl Header for ListUnsubscribe {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self(s.to_owned()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+#[derive(Clone)]
+struct ListUnsubscribePost;
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Self)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_owned())
     }
 }
 
@@ -110,9 +156,14 @@ mod tests {
             tls: SmtpTls::None,
         };
         let email = SmtpEmail::with_timeout(&settings, Duration::from_millis(300)).unwrap();
-        let to = Email::parse("ann@example.com").unwrap();
+        let mail = Mail {
+            to: crate::domain::Email::parse("ann@example.com").unwrap(),
+            subject: "subject".into(),
+            body: "body".into(),
+            unsubscribe: None,
+        };
         let started = Instant::now();
-        let result = email.send(&to, "subject", "body").await;
+        let result = email.send(&mail).await;
         assert!(matches!(result, Err(SendError::Transient(_))), "{result:?}");
         assert!(started.elapsed() < Duration::from_secs(3));
     }

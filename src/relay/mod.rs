@@ -8,8 +8,8 @@
 //!
 //! 1. **admits** each command ([`policy`]: recipient known, not a retry of a stored message)
 //!    and hands each new message the next `seq` of its conversation ([`seqs`]);
-//! 2. **commits**: stores the batch's messages, dedupe entries and conversation index as one
-//!    atomic write and `fdatasync`s once;
+//! 2. **commits**: stores the batch's messages, dedupe entries, conversation index and
+//!    forwarding jobs ([`forwarding_jobs`]) as one atomic write and `fdatasync`s once;
 //! 3. only then **publishes** the batch's events through its own link to the router
 //!    ([`events`]). A `message` event is therefore never out before its message is on disk.
 //!
@@ -28,8 +28,10 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::broker::Broker;
 use crate::domain::{ClientMsgId, Message, MessageId, UserId};
+use crate::forward::Wakeup;
+use crate::gateway::Presence;
 use crate::payloads::{Command, CommandError, ErrorCode};
-use crate::store::{Store, StoreError};
+use crate::store::{Channel, Job, JobState, NewJobs, Store, StoreError};
 use events::{Events, Reply};
 use policy::{Policy, Verdict};
 use seqs::Seqs;
@@ -53,9 +55,21 @@ pub struct Submission {
 
 pub type RelaySender = mpsc::Sender<Submission>;
 
+/// What the relay needs to write forwarding jobs with the messages.
+pub struct Forwarding {
+    pub presence: Presence,
+    /// `forwarding.delay_secs`.
+    pub delay: std::time::Duration,
+    pub wakeup: Wakeup,
+}
+
 /// Starts the relay thread. It stops when every [`RelaySender`] is dropped, after finishing
 /// what was queued.
-pub fn spawn(store: Store, broker: &Broker) -> anyhow::Result<(RelaySender, JoinHandle<()>)> {
+pub fn spawn(
+    store: Store,
+    broker: &Broker,
+    forwarding: Forwarding,
+) -> anyhow::Result<(RelaySender, JoinHandle<()>)> {
     let (link_tx, mut link_rx) = broker
         .connect_blocking("tidings-relay")
         .map_err(|e| anyhow::anyhow!("opening the relay's link to the broker: {e}"))?;
@@ -77,6 +91,7 @@ pub fn spawn(store: Store, broker: &Broker) -> anyhow::Result<(RelaySender, Join
         seqs: Seqs::default(),
         events: Events::new(link_tx),
         store,
+        forwarding,
     };
     let handle = std::thread::Builder::new()
         .name("relay".into())
@@ -89,6 +104,7 @@ struct Relay {
     policy: Policy,
     seqs: Seqs,
     events: Events,
+    forwarding: Forwarding,
 }
 
 /// What one batch makes: its new messages, and what to tell whom once they are durable.
@@ -206,13 +222,52 @@ impl Relay {
     /// Stores the batch's new messages in one atomic write, then makes everything durable
     /// (read markers moved by the batch included).
     fn commit(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let jobs = forwarding_jobs(&self.store, &self.forwarding, &batch.fresh);
         if !batch.fresh.is_empty() {
-            self.store.append_messages(&batch.fresh)?;
+            self.store.append_messages(&batch.fresh, &jobs)?;
         }
         self.store.durable()?;
         self.seqs.trim();
+        if !jobs.is_empty() {
+            self.forwarding.wakeup.jobs(&jobs);
+        }
         Ok(())
     }
+}
+
+/// The forwarding jobs of a batch's new messages: one per channel the recipient forwards to.
+/// With no delay, none for a recipient who has a connection subscribed now (contract §4); with
+/// a delay, presence starts watching for the device's PUBACK (before the event goes out).
+fn forwarding_jobs(store: &Store, forwarding: &Forwarding, messages: &[Message]) -> NewJobs {
+    let mut jobs = NewJobs::new();
+    let delay = forwarding.delay;
+    for message in messages {
+        let channels = store.forwarding_channels(&message.to);
+        if !channels.any() {
+            continue;
+        }
+        if delay.is_zero() {
+            if forwarding.presence.is_subscribed(&message.to) {
+                continue;
+            }
+        } else {
+            // Watched a little past the delay: the forwarder asks once it is over.
+            let window = delay + std::time::Duration::from_secs(60);
+            forwarding
+                .presence
+                .watch(&message.to, message.id.clone(), window);
+        }
+        let state = JobState {
+            due_ms: message.sent_at_ms + delay.as_millis() as u64,
+            ..JobState::default()
+        };
+        for channel in [Channel::Sms, Channel::Email] {
+            if channels.has(channel) {
+                jobs.push((Job::of(channel, message), state));
+            }
+        }
+    }
+    jobs
 }
 
 /// The error a sender gets when the store cannot take its command.

@@ -233,9 +233,14 @@ impl Store {
     /// Stores `messages`, their dedupe entries and the conversations index as one atomic
     /// batch. Seqs are the caller's: the relay is the only writer and hands out the next seq of
     /// each conversation. The index is written once per conversation of the batch, for its
-    /// last message.
-    pub fn append_messages(&self, messages: &[Message]) -> Result<(), StoreError> {
+    /// last message. `jobs` (forwarding) go into the same batch.
+    pub fn append_messages(
+        &self,
+        messages: &[Message],
+        jobs: &[(super::Job, super::JobState)],
+    ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        Self::add_jobs(&mut batch, jobs);
         for message in messages {
             let key = message_key(&message.conversation(), message.seq);
             batch.insert(&key[..], encode(message));
@@ -397,7 +402,7 @@ mod tests {
             message(bob, ann, 2, "b-1"),
             message(ann, bob, 3, "a-3"),
         ];
-        store.append_messages(&batch).unwrap();
+        store.append_messages(&batch, &[]).unwrap();
         let mut summaries = store.conversations(&ann).unwrap();
         summaries.sort_by_key(|s| s.last_seq);
         let seen: Vec<_> = summaries.iter().map(|s| (s.peer, s.last_seq)).collect();
@@ -405,7 +410,9 @@ mod tests {
         assert_eq!(store.conversations(&bob).unwrap()[0].last_seq, 3);
         // A later batch: the index is not written again, the list still follows.
         let later = message(bob, ann, 4, "b-2");
-        store.append_messages(std::slice::from_ref(&later)).unwrap();
+        store
+            .append_messages(std::slice::from_ref(&later), &[])
+            .unwrap();
         let summary = store.conversations(&ann).unwrap();
         let bob_row = summary.iter().find(|s| s.peer == bob).unwrap();
         assert_eq!(

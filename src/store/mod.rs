@@ -14,6 +14,7 @@
 //! | `chat` | `m` ‖ conversation id (both user ids, sorted) ‖ seq (u64 BE) | [`Message`](crate::domain::Message) |
 //! | `chat` | `d` ‖ sender ‖ client_msg_id | the message's key without its `m` |
 //! | `chat` | `c` ‖ user ‖ peer | seq and time of the last message |
+//! | `chat` | `f` / `w` ‖ … | forwarding jobs and windows (see `forwarding.rs`) |
 //! | `read_markers` | reader ‖ peer | last seq read (u64 BE) |
 //!
 //! Messages, their dedupe entries and the conversations index share one tree (`chat`, told
@@ -30,13 +31,16 @@
 //! (`vendor/sled/PATCHES.md`, patch 3, and its test in `tests/sled.rs`).
 
 mod auth;
+mod forwarding;
 mod messages;
 mod users;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use auth::{OtpChallenge, Session};
+pub use forwarding::{Channel, Channels, Job, JobState, NewJobs, Sent, SentWhat};
 pub use messages::{ConversationSummary, Page};
 pub use users::{AttachError, User};
 
@@ -68,6 +72,9 @@ struct Inner {
     refresh: sled::Tree,
     chat: sled::Tree,
     read_markers: sled::Tree,
+    /// Who forwards where (users with a channel on only); written under this lock together
+    /// with the user's record.
+    forwarding: RwLock<HashMap<crate::domain::UserId, Channels>>,
 }
 
 impl Store {
@@ -88,9 +95,12 @@ impl Store {
             .path(path)
             .cache_capacity(cache_bytes)
             .open()?;
+        let users = db.open_tree("users")?;
+        let forwarding = RwLock::new(Self::load_forwarding_channels(&users)?);
         Ok(Self {
             inner: Arc::new(Inner {
-                users: db.open_tree("users")?,
+                users,
+                forwarding,
                 identities: db.open_tree("identities")?,
                 otp: db.open_tree("otp")?,
                 sessions: db.open_tree("sessions")?,

@@ -103,6 +103,7 @@ impl Store {
         id: &UserId,
         change: impl Fn(&mut User),
     ) -> Result<Option<User>, StoreError> {
+        let mut forwarding = self.inner.forwarding.write().expect("never poisoned");
         let mut updated = None;
         let mut corrupt = None;
         self.inner.users.fetch_and_update(id.as_bytes(), |old| {
@@ -118,6 +119,9 @@ impl Store {
             updated = Some(user);
             Some(bytes)
         })?;
+        if let Some(user) = &updated {
+            Self::note_channels(&mut forwarding, user);
+        }
         match corrupt {
             Some(e) => Err(e),
             None => Ok(updated),
@@ -128,6 +132,7 @@ impl Store {
     /// nowhere), atomically: never two accounts for one phone or email.
     pub fn attach_identity(&self, id: &UserId, identity: &Identity) -> Result<User, AttachError> {
         let key = identity.key();
+        let mut forwarding = self.inner.forwarding.write().expect("never poisoned");
         let result = (&self.inner.identities, &self.inner.users).transaction(|(ids, users)| {
             let abort = |e| ConflictableTransactionError::Abort(e);
             if let Some(owner) = ids.get(key.as_bytes())? {
@@ -151,9 +156,11 @@ impl Store {
             users.insert(id.as_bytes().as_slice(), encode(&user))?;
             Ok(user)
         });
-        result.map_err(|e| match e {
+        let user = result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => AttachError::Store(StoreError::Sled(e)),
-        })
+        })?;
+        Self::note_channels(&mut forwarding, &user);
+        Ok(user)
     }
 }

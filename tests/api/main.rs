@@ -5,6 +5,7 @@ mod accounts;
 mod acl;
 mod conversations;
 mod durability;
+mod forwarding;
 mod helpers;
 mod history;
 mod http;
