@@ -31,6 +31,9 @@
 //!   rate / pairs, the senders staggered over one interval.
 //! - `pair`: one pair, flat out.
 //!
+//! With `BENCH_FORWARD=1` in the environment, every tidings user switches email forwarding on
+//! and tidings waits an hour before forwarding, so every message writes a forwarding job.
+//!
 //! Each runs `WARM_UP_TIME` (2 s), then the measured window (`--duration`, default
 //! `DURATION`, 10 s). Senders stop at the end of the window; the run then waits (at most
 //! `DRAIN`, or until nothing arrives for `DRAIN_IDLE`) for the messages published in it.
@@ -638,6 +641,12 @@ impl Bench {
     fn start(&self, kind: Kind, connections: usize) -> anyhow::Result<Broker> {
         match kind {
             Kind::Mosquitto => Broker::mosquitto(&self.cpus.server),
+            Kind::Tidings if forward_all() => {
+                // Every message gets a forwarding job (recipients switch email forwarding on
+                // when they log in); the delay keeps the jobs pending through the run.
+                let delay = ("TIDINGS_FORWARDING__DELAY_SECS", "3600".to_owned());
+                self.tidings_with(connections, &[delay])
+            }
             Kind::Tidings => self.tidings_with(connections, &[]),
         }
     }
@@ -2408,6 +2417,12 @@ impl Drop for Killed {
 }
 
 /// One email login: request a code, take it from the log, verify it.
+/// `BENCH_FORWARD=1`: every tidings user forwards by email, so every message writes a
+/// forwarding job in its batch (BENCHMARKS.md, "Forwarding on").
+fn forward_all() -> bool {
+    std::env::var("BENCH_FORWARD").is_ok_and(|v| v == "1")
+}
+
 async fn login(
     http: &reqwest::Client,
     base: &str,
@@ -2437,6 +2452,14 @@ async fn login(
         .error_for_status()?
         .json()
         .await?;
+    if let (true, Some(token)) = (forward_all(), tokens["access_token"].as_str()) {
+        http.patch(format!("{base}/v1/me"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"forward_email": true}))
+            .send()
+            .await?
+            .error_for_status()?;
+    }
     match (tokens["user_id"].as_str(), tokens["access_token"].as_str()) {
         (Some(user_id), Some(token)) => Ok(Login {
             user_id: user_id.to_owned(),
