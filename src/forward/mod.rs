@@ -64,13 +64,21 @@ pub struct Wakeup {
 }
 
 impl Wakeup {
-    /// `jobs` are durable: their groups need a look when they fall due.
+    /// `jobs` are durable: their groups need a look when they fall due. One wake-up per group
+    /// of a batch, at its earliest job.
     pub fn jobs(&self, jobs: &[(Job, JobState)]) {
+        let mut groups: HashMap<Group, u64> = HashMap::new();
         for (job, state) in jobs {
+            let at = groups
+                .entry((job.channel, job.recipient))
+                .or_insert(u64::MAX);
+            *at = (*at).min(state.due_ms);
+        }
+        for ((channel, recipient), at_ms) in groups {
             let due = Due {
-                channel: job.channel,
-                recipient: job.recipient,
-                at_ms: state.due_ms,
+                channel,
+                recipient,
+                at_ms,
             };
             if self.tx.try_send(due).is_err() {
                 // Full: the forwarder will find them in the store.
@@ -197,8 +205,7 @@ impl Forwarder {
         }
     }
 
-    /// Runs until `stop`; sends under way then are left to finish in the background (their
-    /// jobs are marked in flight, so a stop before they end never sends twice).
+    /// Runs until `stop`, then lets the sends under way finish (for at most the drain timeout).
     pub async fn run(mut self, mut stop: Shutdown) {
         let mut schedule = Schedule::default();
         if let Err(e) = self.rescan(&mut schedule) {
@@ -251,6 +258,23 @@ impl Forwarder {
                     }
                 }
             }
+        }
+        // Sends under way finish (and record their outcome) within the drain timeout; one cut
+        // off is logged as uncertain at the next start and not sent again.
+        let drained = tokio::time::timeout(crate::shutdown::DRAIN_TIMEOUT, async {
+            while !busy.is_empty() {
+                match done_rx.recv().await {
+                    Some((group, _)) => busy.remove(&group),
+                    None => break,
+                };
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                sends = busy.len(),
+                "forwarding: sends still under way at shutdown"
+            );
         }
         tracing::debug!("forwarder stopped");
     }
