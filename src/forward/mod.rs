@@ -343,8 +343,6 @@ impl Inner {
             } else if self.delivered(&job, &message)? {
                 self.presence.forget(&recipient, &message.id);
                 done.push(job);
-            } else if state.retry_at_ms > now {
-                later(state.retry_at_ms);
             } else if now.saturating_sub(message.sent_at_ms) > GIVE_UP_AFTER.as_millis() as u64 {
                 tracing::warn!(
                     channel = channel.name(),
@@ -401,7 +399,8 @@ impl Inner {
         let interval = self.settings.sms_min_interval_secs * 1000;
         let mut next: Option<u64> = None;
         for (sender, items) in by_sender {
-            let opens = self.store.last_sms(&user.id, &sender)? + interval;
+            // A failed send is retried with whatever of the sender's arrived since, folded.
+            let opens = (self.store.last_sms(&user.id, &sender)? + interval).max(retry_at(&items));
             if now < opens {
                 next = Some(next.map_or(opens, |n| n.min(opens)));
                 continue;
@@ -449,7 +448,9 @@ impl Inner {
         if ready.is_empty() {
             return Ok(None);
         }
-        let opens = self.store.last_email(&user.id)? + self.settings.email_min_interval_secs * 1000;
+        let opens = (self.store.last_email(&user.id)?
+            + self.settings.email_min_interval_secs * 1000)
+            .max(retry_at(&ready));
         if now < opens {
             return Ok(Some(opens));
         }
@@ -578,6 +579,11 @@ impl Inner {
             })
             .unwrap_or_else(|| "someone".to_owned()))
     }
+}
+
+/// When the failed ones among `items` may be tried again (0: none failed).
+fn retry_at(items: &[Ready]) -> u64 {
+    items.iter().map(|r| r.state.retry_at_ms).max().unwrap_or(0)
 }
 
 /// The wait before try `tries + 1`: `FIRST_RETRY` doubled per earlier failure, at most

@@ -23,7 +23,7 @@ fn forwarded_sms(app: &TestApp, to: &str) -> Vec<String> {
 
 /// Waits until `n` SMS were forwarded to `to` and returns them.
 async fn wait_for_sms(app: &TestApp, to: &str, n: usize) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let got = forwarded_sms(app, to);
         if got.len() >= n {
@@ -148,6 +148,36 @@ async fn a_failing_provider_is_retried_and_a_refusal_is_given_up() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(forwarded_sms(&app, BOB).len(), 4);
     assert!(app.log().contains("provider refused; not retried"));
+}
+
+#[tokio::test]
+async fn a_provider_that_hangs_times_out_and_is_retried_while_chat_goes_on() {
+    let app = TestApp::spawn().await;
+    let (ann, bob) = ann_and_bob(&app).await;
+    let mut ann_mqtt = sends(&app, &ann).await;
+    app.twilio.answer(&[crate::helpers::HANG]);
+    let started = tokio::time::Instant::now();
+    send(&mut ann_mqtt, &bob.user_id, "first", "a-1").await;
+    // While the gateway hangs, sends are stored and answered as usual.
+    for i in 2..=5 {
+        send(
+            &mut ann_mqtt,
+            &bob.user_id,
+            &format!("m{i}"),
+            &format!("a-{i}"),
+        )
+        .await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The hung request times out (10 s); the retry goes through, with what came meanwhile.
+    let sms = wait_for_sms(&app, BOB, 2).await;
+    assert_eq!(sms, vec!["Ann: first", "5 new messages from Ann: m5"]);
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(app.log().contains("provider failed; will retry"));
 }
 
 #[tokio::test]
@@ -317,7 +347,8 @@ async fn an_email_digest_with_a_working_one_click_unsubscribe() {
     let options = Options {
         smtp_port: Some(smtp.port),
         ..Options::default()
-    };
+    }
+    .env("TIDINGS_FORWARDING__EMAIL_MIN_INTERVAL_SECS", 2);
     let app = TestApp::spawn_with(options).await;
     let ann = app.login(ANN).await;
     app.patch_me(&ann.access, json!({"display_name": "Ann"}))
@@ -363,6 +394,42 @@ async fn an_email_digest_with_a_working_one_click_unsubscribe() {
     assert!(text.contains(url), "the same link in the text: {text}");
     assert!(text.contains("lunch tomorrow?"), "{text}");
 
+    // Within the window, two senders: one digest at its end, grouped by sender.
+    let cat = app.login("+14155550103").await;
+    app.patch_me(&cat.access, json!({"display_name": "Cat"}))
+        .await;
+    let mut cat_mqtt = app.mqtt_inbox(&cat, "cat-phone").await;
+    send(&mut ann_mqtt, &bob.user_id, "or dinner", "a-2").await;
+    send(&mut cat_mqtt, &bob.user_id, "hi Bob", "c-1").await;
+    send(&mut ann_mqtt, &bob.user_id, "at 8", "a-3").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let digest = loop {
+        if let Some(mail) = smtp.messages().into_iter().find(|m| m.contains("hi Bob")) {
+            break mail;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no digest");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let subject = header(&digest, "Subject").unwrap();
+    assert!(
+        subject == "3 new messages from Ann, Cat" || subject == "3 new messages from Cat, Ann",
+        "{subject}"
+    );
+    let text = text_of(&digest);
+    let (ann_at, dinner, eight, cat_at) = (
+        text.find("Ann:").unwrap(),
+        text.find("or dinner").unwrap(),
+        text.find("at 8").unwrap(),
+        text.find("Cat:").unwrap(),
+    );
+    assert!(ann_at < dinner && dinner < eight, "{text}");
+    assert!(
+        !(ann_at < cat_at && cat_at < eight),
+        "grouped by sender: {text}"
+    );
+    let forwarded = |m: &String| m.contains("Stop these emails");
+    assert_eq!(smtp.messages().iter().filter(|m| forwarded(m)).count(), 2);
+
     // A forged token changes nothing; the link (one POST, as a mail client sends) does.
     let forged = app
         .client
@@ -392,7 +459,7 @@ async fn an_email_digest_with_a_working_one_click_unsubscribe() {
     );
 
     // Nothing more by email.
-    send(&mut ann_mqtt, &bob.user_id, "still there?", "a-2").await;
+    send(&mut ann_mqtt, &bob.user_id, "still there?", "a-4").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!smtp.messages().iter().any(|m| m.contains("still there?")));
 }

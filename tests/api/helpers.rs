@@ -20,6 +20,9 @@ pub const TWILIO_SID: &str = "ACtest0000";
 pub const TWILIO_TOKEN: &str = "twilio-secret-token";
 pub const TWILIO_FROM: &str = "+15005550006";
 
+/// In [`FakeTwilio::answer`]: do not answer (for two minutes).
+pub const HANG: u16 = 0;
+
 /// One SMS the fake gateway accepted or refused.
 #[derive(Debug, Clone)]
 pub struct SmsRequest {
@@ -33,7 +36,7 @@ pub struct SmsRequest {
 pub struct FakeTwilio {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<SmsRequest>>>,
-    /// Statuses to answer, first to last; 201 once it runs out.
+    /// Statuses to answer, first to last ([`HANG`]: none); 201 once it runs out.
     script: Arc<Mutex<VecDeque<u16>>>,
 }
 
@@ -112,6 +115,10 @@ async fn fake_twilio_messages(
         form,
     });
     let status = script.lock().unwrap().pop_front().unwrap_or(201);
+    if status == HANG {
+        // Past any client's timeout: the request is never answered in time.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
     (
         StatusCode::from_u16(status).unwrap(),
         r#"{"sid": "SMfake"}"#.to_owned(),
