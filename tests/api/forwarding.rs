@@ -68,6 +68,13 @@ async fn send(ann: &mut Mqtt, to: &str, body: &str, id: &str) -> u64 {
     }
 }
 
+/// Sends "m{i}" with client_msg_id "a-{i}" for each `i`, each stored before the next.
+async fn send_numbered(ann: &mut Mqtt, to: &str, numbers: std::ops::RangeInclusive<u32>) {
+    for i in numbers {
+        send(ann, to, &format!("m{i}"), &format!("a-{i}")).await;
+    }
+}
+
 /// Disconnects a device and waits until the server has let go of it.
 async fn leave(device: Mqtt) {
     device.client.disconnect().await.unwrap();
@@ -159,15 +166,7 @@ async fn a_provider_that_hangs_times_out_and_is_retried_while_chat_goes_on() {
     let started = tokio::time::Instant::now();
     send(&mut ann_mqtt, &bob.user_id, "first", "a-1").await;
     // While the gateway hangs, sends are stored and answered as usual.
-    for i in 2..=5 {
-        send(
-            &mut ann_mqtt,
-            &bob.user_id,
-            &format!("m{i}"),
-            &format!("a-{i}"),
-        )
-        .await;
-    }
+    send_numbered(&mut ann_mqtt, &bob.user_id, 2..=5).await;
     assert!(started.elapsed() < Duration::from_secs(5));
     // The hung request times out (10 s); the retry goes through, with what came meanwhile.
     let sms = wait_for_sms(&app, BOB, 2).await;
@@ -242,15 +241,7 @@ async fn pending_jobs_survive_kill_9_and_go_out_once() {
     let (ann, bob) = ann_and_bob(&app).await;
     {
         let mut ann_mqtt = sends(&app, &ann).await;
-        for i in 1..=3 {
-            send(
-                &mut ann_mqtt,
-                &bob.user_id,
-                &format!("m{i}"),
-                &format!("a-{i}"),
-            )
-            .await;
-        }
+        send_numbered(&mut ann_mqtt, &bob.user_id, 1..=3).await;
     }
     // Acknowledged (events out, so stored), not yet due: killed.
     app.kill9();
