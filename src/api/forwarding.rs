@@ -10,6 +10,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
+use crate::domain::UserId;
 
 #[derive(Deserialize)]
 pub struct Link {
@@ -25,11 +26,7 @@ pub async fn unsubscribe(
     State(state): State<AppState>,
     Query(link): Query<Link>,
 ) -> Result<Json<Unsubscribed>, ApiError> {
-    let user = link
-        .token
-        .as_deref()
-        .and_then(|token| state.auth.unsubscribe_user(token))
-        .ok_or_else(invalid_token)?;
+    let (_, user) = named_user(&state, link)?;
     state
         .store
         .update_user(&user, |u| u.forward_email = false)?
@@ -44,16 +41,23 @@ pub async fn confirm_page(
     State(state): State<AppState>,
     Query(link): Query<Link>,
 ) -> Result<Html<String>, ApiError> {
-    let token = link
-        .token
-        .filter(|token| state.auth.unsubscribe_user(token).is_some())
-        .ok_or_else(invalid_token)?;
+    let (token, _) = named_user(&state, link)?;
     // The token is base64url: nothing in it needs escaping in an attribute.
     Ok(Html(format!(
         "<!doctype html><meta charset=utf-8><title>Unsubscribe</title>\
          <p>Stop forwarding your messages by email?</p>\
          <form method=post action=\"?token={token}\"><button>Stop the emails</button></form>"
     )))
+}
+
+/// The link's token and the user it names, if this server made it.
+fn named_user(state: &AppState, link: Link) -> Result<(String, UserId), ApiError> {
+    let token = link.token.ok_or_else(invalid_token)?;
+    let user = state
+        .auth
+        .unsubscribe_user(&token)
+        .ok_or_else(invalid_token)?;
+    Ok((token, user))
 }
 
 fn invalid_token() -> ApiError {

@@ -166,21 +166,19 @@ impl Auth {
             format!("Your tidings code is {code}. It expires in {minutes} min. Do not share it.");
         let sms = self.sms.clone();
         let email = self.email.clone();
-        let mail = match &identity {
-            Identity::Email(address) => Some(notify::Mail {
-                to: address.clone(),
-                subject: "Your tidings code".into(),
-                body: text.clone(),
-                unsubscribe: None,
-            }),
-            Identity::Phone(_) => None,
-        };
         tokio::spawn(async move {
             let result = notify::with_retries(4, Duration::from_secs(1), || async {
-                match (&identity, &mail) {
-                    (_, Some(mail)) => email.send(mail).await,
-                    (Identity::Phone(phone), None) => sms.send(phone, &text).await,
-                    (Identity::Email(_), None) => unreachable!("an email identity has a mail"),
+                match &identity {
+                    Identity::Phone(phone) => sms.send(phone, &text).await,
+                    Identity::Email(address) => {
+                        let mail = notify::Mail {
+                            to: address.clone(),
+                            subject: "Your tidings code".into(),
+                            body: text.clone(),
+                            unsubscribe: None,
+                        };
+                        email.send(&mail).await
+                    }
                 }
             })
             .await;

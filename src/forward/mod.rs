@@ -320,7 +320,6 @@ impl Inner {
             return Ok(None);
         };
         let mut next: Option<u64> = None;
-        let mut later = |at: u64| next = Some(next.map_or(at, |n: u64| n.min(at)));
         let mut done = Vec::new();
         let mut ready = Vec::new();
         for (job, state) in jobs {
@@ -334,13 +333,15 @@ impl Inner {
                 done.push(job);
                 continue;
             }
+            if state.due_ms > now {
+                earliest(&mut next, state.due_ms);
+                continue;
+            }
             let Some(message) = self.store.message(&job.conversation(), job.seq)? else {
                 done.push(job);
                 continue;
             };
-            if state.due_ms > now {
-                later(state.due_ms);
-            } else if self.delivered(&job, &message)? {
+            if self.delivered(&job, &message)? {
                 self.presence.forget(&recipient, &message.id);
                 done.push(job);
             } else if now.saturating_sub(message.sent_at_ms) > GIVE_UP_AFTER.as_millis() as u64 {
@@ -366,7 +367,7 @@ impl Inner {
             Channel::Email => self.send_email(&user, ready, now).await?,
         };
         if let Some(at) = after {
-            later(at);
+            earliest(&mut next, at);
         }
         Ok(next)
     }
@@ -392,17 +393,13 @@ impl Inner {
         let Some(phone) = &user.phone else {
             return Ok(None);
         };
-        let mut by_sender: BTreeMap<UserId, Vec<Ready>> = BTreeMap::new();
-        for r in ready {
-            by_sender.entry(r.job.sender).or_default().push(r);
-        }
         let interval = self.settings.sms_min_interval_secs * 1000;
         let mut next: Option<u64> = None;
-        for (sender, items) in by_sender {
+        for (sender, items) in by_sender(ready) {
             // A failed send is retried with whatever of the sender's arrived since, folded.
             let opens = (self.store.last_sms(&user.id, &sender)? + interval).max(retry_at(&items));
             if now < opens {
-                next = Some(next.map_or(opens, |n| n.min(opens)));
+                earliest(&mut next, opens);
                 continue;
             }
             let day = now / DAY_MS;
@@ -429,7 +426,7 @@ impl Inner {
                 .attempt(user.id, items, what, now, sms.send(phone, &text))
                 .await?
             {
-                next = Some(next.map_or(at, |n| n.min(at)));
+                earliest(&mut next, at);
             }
         }
         Ok(next)
@@ -454,32 +451,27 @@ impl Inner {
         if now < opens {
             return Ok(Some(opens));
         }
-        let mut grouped: Vec<(UserId, Vec<&Message>)> = Vec::new();
-        for r in &ready {
-            match grouped.iter_mut().find(|(s, _)| *s == r.job.sender) {
-                Some((_, list)) => list.push(&r.message),
-                None => grouped.push((r.job.sender, vec![&r.message])),
-            }
-        }
-        let mut by_sender = Vec::with_capacity(grouped.len());
-        for (sender, mut messages) in grouped {
-            messages.sort_by_key(|m| m.seq);
-            by_sender.push((self.name_of(&sender)?, messages));
+        let groups = by_sender(ready);
+        let mut named = Vec::with_capacity(groups.len());
+        for (sender, items) in &groups {
+            let messages: Vec<&Message> = items.iter().map(|r| &r.message).collect();
+            named.push((self.name_of(sender)?, messages));
         }
         let token = self.providers.auth.unsubscribe_token(&user.id);
         let link = format!(
             "{}/v1/forwarding/unsubscribe?token={token}",
             self.providers.public_base
         );
-        let (subject, body) = compose::email(&by_sender, &link);
+        let (subject, body) = compose::email(&named, &link);
         let mail = Mail {
             to: email.clone(),
             subject,
             body,
             unsubscribe: Some(link),
         };
+        let items = groups.into_values().flatten().collect();
         let send = self.providers.email.send(&mail);
-        self.attempt(user.id, ready, SentWhat::Email, now, send)
+        self.attempt(user.id, items, SentWhat::Email, now, send)
             .await
     }
 
@@ -493,16 +485,10 @@ impl Inner {
         send: impl std::future::Future<Output = Result<(), SendError>>,
     ) -> Result<Option<u64>, StoreError> {
         let _permit = self.sends.acquire().await.expect("never closed");
-        let flying = items
-            .iter()
-            .map(|r| {
-                let state = JobState {
-                    in_flight: true,
-                    ..r.state
-                };
-                (r.job, state)
-            })
-            .collect();
+        let flying = with_state(&items, |state| JobState {
+            in_flight: true,
+            ..state
+        });
         self.write(flying, Vec::new()).await?;
         let outcome = match tokio::time::timeout(PROVIDER_TIMEOUT * 2, send).await {
             Ok(outcome) => outcome,
@@ -512,9 +498,8 @@ impl Inner {
         let channel = jobs[0].channel.name();
         match outcome {
             Ok(()) => {
-                let store = self.store.clone();
                 let at_ms = unix_now_ms();
-                tokio::task::spawn_blocking(move || {
+                self.blocking(move |store| {
                     store.forward_sent(&Sent {
                         jobs: &jobs,
                         recipient,
@@ -522,8 +507,7 @@ impl Inner {
                         what,
                     })
                 })
-                .await
-                .expect("the store does not panic")?;
+                .await?;
                 for r in &items {
                     self.presence.forget(&recipient, &r.message.id);
                 }
@@ -534,18 +518,12 @@ impl Inner {
             Err(SendError::Transient(why)) => {
                 let tries = items.iter().map(|r| r.state.tries).max().unwrap_or(0) + 1;
                 let retry_at = now + backoff(tries).as_millis() as u64;
-                let states = items
-                    .iter()
-                    .map(|r| {
-                        let state = JobState {
-                            tries,
-                            retry_at_ms: retry_at,
-                            in_flight: false,
-                            ..r.state
-                        };
-                        (r.job, state)
-                    })
-                    .collect();
+                let states = with_state(&items, |state| JobState {
+                    tries,
+                    retry_at_ms: retry_at,
+                    in_flight: false,
+                    ..state
+                });
                 self.write(states, Vec::new()).await?;
                 let retrying = self.counts.retrying.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::warn!(channel, %why, tries, retrying, "forwarding: provider failed; will retry");
@@ -560,10 +538,19 @@ impl Inner {
         }
     }
 
-    /// Writes job states and removes finished jobs, durably, off the async threads.
+    /// Writes job states and removes finished jobs, durably.
     async fn write(&self, states: Vec<(Job, JobState)>, done: Vec<Job>) -> Result<(), StoreError> {
+        self.blocking(move |store| store.update_forward_jobs(&states, &done))
+            .await
+    }
+
+    /// A durable store write, off the async threads (it waits for `fdatasync`).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.update_forward_jobs(&states, &done))
+        tokio::task::spawn_blocking(move || write(&store))
             .await
             .expect("the store does not panic")
     }
@@ -579,6 +566,25 @@ impl Inner {
             })
             .unwrap_or_else(|| "someone".to_owned()))
     }
+}
+
+/// Moves `next` to `at` if that is earlier (or `next` is unset).
+fn earliest(next: &mut Option<u64>, at: u64) {
+    *next = Some(next.map_or(at, |n| n.min(at)));
+}
+
+/// `items` grouped by sender (in seq order within each, as the store lists jobs).
+fn by_sender(items: Vec<Ready>) -> BTreeMap<UserId, Vec<Ready>> {
+    let mut groups: BTreeMap<UserId, Vec<Ready>> = BTreeMap::new();
+    for r in items {
+        groups.entry(r.job.sender).or_default().push(r);
+    }
+    groups
+}
+
+/// Each item's job with the state `change` makes of its own.
+fn with_state(items: &[Ready], change: impl Fn(JobState) -> JobState) -> Vec<(Job, JobState)> {
+    items.iter().map(|r| (r.job, change(r.state))).collect()
 }
 
 /// When the failed ones among `items` may be tried again (0: none failed).

@@ -59,13 +59,12 @@ impl EmailSender for SmtpEmail {
                 .as_str()
                 .parse()
                 .map_err(|e| SendError::Permanent(format!("bad recipient: {e}")))?;
-            let domain = self.from.email.domain().to_owned();
             let mut builder = Message::builder()
                 .from(self.from.clone())
                 .to(to)
                 .subject(&mail.subject)
                 .date_now()
-                .message_id(Some(format!("<{}@{domain}>", uuid_like())))
+                .message_id(None)
                 .header(ContentType::TEXT_PLAIN);
             if let Some(url) = &mail.unsubscribe {
                 builder = builder
@@ -86,12 +85,6 @@ impl EmailSender for SmtpEmail {
             }
         })
     }
-}
-
-/// 128 random bits in hex: the unique part of a `Message-ID`.
-fn uuid_like() -> String {
-    let bits: u128 = rand::random();
-    format!("{bits:032x}")
 }
 
 /// `List-Unsubscribe: <https://...>` (RFC 2369).

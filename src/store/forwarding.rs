@@ -256,9 +256,7 @@ impl Store {
         done: &[Job],
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (job, state) in jobs {
-            batch.insert(&job.key()[..], encode(state));
-        }
+        Self::add_jobs(&mut batch, jobs);
         for job in done {
             batch.remove(&job.key()[..]);
         }
@@ -313,12 +311,7 @@ impl Store {
     }
 
     fn read_ms(&self, key: Vec<u8>) -> Result<u64, StoreError> {
-        Ok(self
-            .inner
-            .chat
-            .get(key)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes))
+        super::u64_at(&self.inner.chat, key)
     }
 
     /// Adds the jobs' keys to a batch of messages.

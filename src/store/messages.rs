@@ -274,12 +274,7 @@ impl Store {
 
     /// The last seq `reader` has read in the conversation with `peer` (0: none).
     pub fn read_marker(&self, reader: &UserId, peer: &UserId) -> Result<u64, StoreError> {
-        Ok(self
-            .inner
-            .read_markers
-            .get(marker_key(reader, peer))?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes))
+        super::u64_at(&self.inner.read_markers, marker_key(reader, peer))
     }
 
     /// A page of a conversation in ascending seq, and whether more lie beyond it in the

@@ -147,6 +147,14 @@ fn decode<T: serde::de::DeserializeOwned>(
         })
 }
 
+/// The big-endian u64 under `key` (0 when there is none).
+fn u64_at(tree: &sled::Tree, key: impl AsRef<[u8]>) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
 /// A transaction's error as the store's.
 fn flatten(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
     match e {
