@@ -37,8 +37,9 @@ async fn wait_for_sms(app: &TestApp, to: &str, n: usize) -> Vec<String> {
     }
 }
 
-/// Ann (display name "Ann") and Bob (SMS forwarding on), logged in.
-async fn ann_and_bob(app: &TestApp) -> (Tokens, Tokens) {
+/// Ann (display name "Ann") and Bob (SMS forwarding on), logged in, and Ann's device
+/// (subscribed) that sends to Bob.
+async fn ann_and_bob(app: &TestApp) -> (Tokens, Tokens, Mqtt) {
     let ann = app.login(ANN).await;
     let bob = app.login(BOB).await;
     let named = app
@@ -49,11 +50,12 @@ async fn ann_and_bob(app: &TestApp) -> (Tokens, Tokens) {
         .patch_me(&bob.access, json!({"forward_sms": true}))
         .await;
     assert_eq!(on.body["forward_sms"], true);
-    (ann, bob)
+    let device = ann_phone(app, &ann).await;
+    (ann, bob, device)
 }
 
 /// Ann's device, subscribed; `send` waits for the message's event (stored).
-async fn sends(app: &TestApp, ann: &Tokens) -> Mqtt {
+async fn ann_phone(app: &TestApp, ann: &Tokens) -> Mqtt {
     app.mqtt_inbox(ann, "ann-phone").await
 }
 
@@ -84,8 +86,7 @@ async fn leave(device: Mqtt) {
 #[tokio::test]
 async fn an_offline_recipient_gets_an_sms_and_an_online_one_gets_nothing() {
     let app = TestApp::spawn().await;
-    let (ann, bob) = ann_and_bob(&app).await;
-    let mut ann_mqtt = sends(&app, &ann).await;
+    let (_, bob, mut ann_mqtt) = ann_and_bob(&app).await;
 
     // Bob online: his device gets (and acknowledges) the event; nothing is forwarded.
     let mut bob_phone = app.mqtt_inbox(&bob, "bob-phone").await;
@@ -113,8 +114,7 @@ async fn sms_within_the_window_are_folded_and_the_daily_cap_holds() {
         .env("TIDINGS_FORWARDING__SMS_MIN_INTERVAL_SECS", 2)
         .env("TIDINGS_FORWARDING__SMS_PER_RECIPIENT_PER_DAY", 2);
     let app = TestApp::spawn_with(options).await;
-    let (ann, bob) = ann_and_bob(&app).await;
-    let mut ann_mqtt = sends(&app, &ann).await;
+    let (_, bob, mut ann_mqtt) = ann_and_bob(&app).await;
 
     send(&mut ann_mqtt, &bob.user_id, "one", "a-1").await;
     assert_eq!(wait_for_sms(&app, BOB, 1).await, vec!["Ann: one"]);
@@ -134,8 +134,7 @@ async fn sms_within_the_window_are_folded_and_the_daily_cap_holds() {
 #[tokio::test]
 async fn a_failing_provider_is_retried_and_a_refusal_is_given_up() {
     let app = TestApp::spawn().await;
-    let (ann, bob) = ann_and_bob(&app).await;
-    let mut ann_mqtt = sends(&app, &ann).await;
+    let (_, bob, mut ann_mqtt) = ann_and_bob(&app).await;
 
     app.twilio.answer(&[500, 429]);
     send(&mut ann_mqtt, &bob.user_id, "are you there", "a-1").await;
@@ -160,8 +159,7 @@ async fn a_failing_provider_is_retried_and_a_refusal_is_given_up() {
 #[tokio::test]
 async fn a_provider_that_hangs_times_out_and_is_retried_while_chat_goes_on() {
     let app = TestApp::spawn().await;
-    let (ann, bob) = ann_and_bob(&app).await;
-    let mut ann_mqtt = sends(&app, &ann).await;
+    let (_, bob, mut ann_mqtt) = ann_and_bob(&app).await;
     app.twilio.answer(&[crate::helpers::HANG]);
     let started = tokio::time::Instant::now();
     send(&mut ann_mqtt, &bob.user_id, "first", "a-1").await;
@@ -183,8 +181,7 @@ async fn a_provider_that_hangs_times_out_and_is_retried_while_chat_goes_on() {
 async fn with_a_delay_an_acknowledged_or_read_message_is_not_forwarded() {
     let options = Options::default().env("TIDINGS_FORWARDING__DELAY_SECS", 1);
     let app = TestApp::spawn_with(options).await;
-    let (ann, bob) = ann_and_bob(&app).await;
-    let mut ann_mqtt = sends(&app, &ann).await;
+    let (ann, bob, mut ann_mqtt) = ann_and_bob(&app).await;
 
     // Acknowledged by Bob's device within the delay.
     let mut bob_phone = app.mqtt_inbox(&bob, "bob-phone").await;
@@ -238,11 +235,9 @@ async fn pending_jobs_survive_kill_9_and_go_out_once() {
         .env("TIDINGS_FORWARDING__DELAY_SECS", 2)
         .env("TIDINGS_FORWARDING__SMS_MIN_INTERVAL_SECS", 2);
     let mut app = TestApp::spawn_with(options).await;
-    let (ann, bob) = ann_and_bob(&app).await;
-    {
-        let mut ann_mqtt = sends(&app, &ann).await;
-        send_numbered(&mut ann_mqtt, &bob.user_id, 1..=3).await;
-    }
+    let (_, bob, mut ann_mqtt) = ann_and_bob(&app).await;
+    send_numbered(&mut ann_mqtt, &bob.user_id, 1..=3).await;
+    drop(ann_mqtt);
     // Acknowledged (events out, so stored), not yet due: killed.
     app.kill9();
     assert!(forwarded_sms(&app, BOB).is_empty());
@@ -276,9 +271,8 @@ async fn pending_jobs_survive_kill_9_and_go_out_once() {
 #[tokio::test]
 async fn a_provider_down_for_the_whole_test_blocks_no_chat() {
     let app = TestApp::spawn().await;
-    let (ann, bob) = ann_and_bob(&app).await;
+    let (_, bob, mut ann_mqtt) = ann_and_bob(&app).await;
     app.twilio.answer(&[503; 10_000]);
-    let mut ann_mqtt = sends(&app, &ann).await;
     let started = tokio::time::Instant::now();
     // 100: the send limit is 120 a minute.
     let sending = ann_mqtt.stream_sends(&bob.user_id, 100, "a-");
@@ -350,7 +344,7 @@ async fn an_email_digest_with_a_working_one_click_unsubscribe() {
         .await;
     assert_eq!(on.body["forward_email"], true);
 
-    let mut ann_mqtt = sends(&app, &ann).await;
+    let mut ann_mqtt = ann_phone(&app, &ann).await;
     send(&mut ann_mqtt, &bob.user_id, "lunch tomorrow?", "a-1").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let mail = loop {
