@@ -35,6 +35,15 @@ pub struct HttpSettings {
     /// when absent, `http://` and the bound HTTP address.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// HTTP connections at once; past it, `503` and the connection closes.
+    pub max_connections: usize,
+    /// The head of a request must arrive within this, counted from when the server waits for
+    /// it (so also how long a kept-alive connection may sit idle between requests).
+    pub header_timeout_secs: u64,
+    /// A request's body must arrive within this; else `408`.
+    pub body_timeout_secs: u64,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +62,13 @@ pub struct MqttSettings {
     pub max_connections_per_user: usize,
     /// How long a `clean_session = false` session is kept for a device that went away.
     pub session_expiry_secs: u64,
+    /// Sockets that have not finished CONNECT (or the WebSocket upgrade) yet; past it a new
+    /// one gets CONNACK "server unavailable" at once.
+    pub max_pending_connects: usize,
+    /// CONNECT (after the WebSocket upgrade, if any) must arrive within this.
+    pub connect_timeout_secs: u64,
+    /// Once a packet has started, the rest of it must arrive within this.
+    pub packet_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,8 +260,22 @@ impl Settings {
                 "must be at least 1048576 (1 MiB)".into(),
             );
         }
-        if self.mqtt.max_connections == 0 {
-            return bad("mqtt.max_connections", "must be at least 1".into());
+        for (key, value) in [
+            ("http.max_connections", self.http.max_connections as u64),
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.idle_timeout_secs", self.http.idle_timeout_secs),
+            ("mqtt.max_connections", self.mqtt.max_connections as u64),
+            (
+                "mqtt.max_pending_connects",
+                self.mqtt.max_pending_connects as u64,
+            ),
+            ("mqtt.connect_timeout_secs", self.mqtt.connect_timeout_secs),
+            ("mqtt.packet_timeout_secs", self.mqtt.packet_timeout_secs),
+        ] {
+            if value == 0 {
+                return bad(key, "must be at least 1".into());
+            }
         }
         if self.mqtt.max_connections_per_user == 0 {
             return bad("mqtt.max_connections_per_user", "must be at least 1".into());

@@ -4,6 +4,7 @@
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -86,9 +87,61 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
+/// Lets a thing (a warning in the log) happen at most once per interval, and counts how many
+/// times it was held back in between: a fault that repeats per message or per socket is said
+/// once, with its count, not flooded.
+pub struct Sometimes {
+    interval_ms: u64,
+    start: Instant,
+    next_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Sometimes {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval_ms: interval.as_millis() as u64,
+            start: Instant::now(),
+            next_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: go ahead; `n` times were held back since the last. `None`: not yet.
+    pub fn ready(&self) -> Option<u64> {
+        let now = self.start.elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + self.interval_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sometimes_goes_once_per_interval_and_counts_the_rest() {
+        let sometimes = Sometimes::new(Duration::from_millis(50));
+        assert_eq!(sometimes.ready(), Some(0));
+        assert_eq!(sometimes.ready(), None);
+        assert_eq!(sometimes.ready(), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(sometimes.ready(), Some(2));
+    }
 
     #[test]
     fn allows_max_then_refuses_with_a_wait() {

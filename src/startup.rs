@@ -17,12 +17,13 @@ use crate::forward::{self, Forwarder, Providers};
 use crate::gateway::{Gateway, Presence};
 use crate::notify;
 use crate::relay;
-use crate::shutdown::{self, DRAIN_TIMEOUT};
+use crate::shutdown;
 use crate::store::Store;
 
 pub struct Application {
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    http_bounds: api::server::Bounds,
     gateway: Gateway,
     relay: std::thread::JoinHandle<()>,
     store: Store,
@@ -107,6 +108,7 @@ impl Application {
         Ok(Self {
             http_listener,
             http_addr,
+            http_bounds: api::server::Bounds::of(&settings.http),
             gateway,
             relay,
             store,
@@ -136,19 +138,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (trigger, stop) = shutdown::channel();
-        let app =
-            api::router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let mut http_stop = stop.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(
-                axum::serve::ListenerExt::tap_io(self.http_listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                app,
-            )
-            .with_graceful_shutdown(async move { http_stop.recv().await })
-            .await
-        });
+        let http = tokio::spawn(api::server::serve(
+            self.http_listener,
+            api::router(self.state.clone()),
+            self.http_bounds,
+            stop.clone(),
+        ));
         let mqtt_addr = self.gateway.local_addr();
         let ws = self
             .gateway
@@ -161,12 +156,7 @@ impl Application {
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining");
         trigger.trigger();
-        match tokio::time::timeout(DRAIN_TIMEOUT, http).await {
-            Ok(result) => result.context("HTTP server task")?.context("HTTP server")?,
-            Err(_) => {
-                tracing::warn!("HTTP requests still open after {DRAIN_TIMEOUT:?}; closing them")
-            }
-        }
+        http.await.context("HTTP server task")?;
         // The gateway returns once its connections are closed; with them go the last handles
         // on the relay's queue, so the relay finishes what was queued and stops.
         gateway.await.context("MQTT gateway task")?;
@@ -185,18 +175,19 @@ impl Application {
     }
 }
 
-/// File descriptors kept free of MQTT connections: HTTP clients, the store, the listeners, and
-/// the sockets of clients that are over a cap and must still be told so with a CONNACK.
-const SPARE_FILES: u64 = 512;
+/// File descriptors kept for everything but client sockets: the store's files, the listeners,
+/// the providers' connections, and a socket over a cap that must still be told so.
+const SPARE_FILES: u64 = 256;
 
 /// Raises the soft limit on open files to the hard limit: every connection is a file
 /// descriptor, and the usual soft limit (1024) is far below `mqtt.max_connections`. When even
-/// the hard limit is too low for `mqtt.max_connections`, lowers that cap to fit (and says so),
-/// so that clients past it get CONNACK 3 rather than a socket the OS refused.
+/// the hard limit is too low for `mqtt.max_connections` next to the HTTP connections and the
+/// MQTT sockets still in CONNECT (each capped too), lowers that cap to fit (and says so), so
+/// that clients past it get CONNACK 3 rather than a socket the OS refused, and a flood on one
+/// side cannot take the descriptors of the other.
 pub fn raise_open_files_limit(settings: &mut Settings) {
     #[cfg(unix)]
     {
-        let max_connections = &mut settings.mqtt.max_connections;
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
@@ -220,19 +211,44 @@ pub fn raise_open_files_limit(settings: &mut Settings) {
             now = limit.rlim_cur,
             "open-files limit (RLIMIT_NOFILE): soft limit set to the hard limit"
         );
-        let fits = limit.rlim_cur.saturating_sub(SPARE_FILES).max(1);
-        if (*max_connections as u64) > fits {
-            tracing::warn!(
-                open_files = limit.rlim_cur,
-                configured = *max_connections,
-                now = fits,
-                "mqtt.max_connections lowered to fit the open-files limit; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) to allow more"
-            );
-            *max_connections = fits as usize;
-        }
+        share_open_files(limit.rlim_cur, settings);
     }
     #[cfg(not(unix))]
     let _ = settings;
+}
+
+/// Splits the open-files limit among the client sockets: HTTP connections and MQTT sockets in
+/// CONNECT get at most an eighth of it each, MQTT connections what is left; each cap is lowered
+/// to its share (and the log says so), never raised.
+fn share_open_files(open_files: u64, settings: &mut Settings) {
+    let budget = open_files.saturating_sub(SPARE_FILES).max(8);
+    let lower = |key: &str, cap: &mut usize, share: u64| {
+        if *cap as u64 > share {
+            tracing::warn!(
+                open_files,
+                configured = *cap,
+                now = share,
+                "{key} lowered to fit the open-files limit; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) to allow more"
+            );
+            *cap = share as usize;
+        }
+    };
+    lower(
+        "http.max_connections",
+        &mut settings.http.max_connections,
+        budget / 8,
+    );
+    lower(
+        "mqtt.max_pending_connects",
+        &mut settings.mqtt.max_pending_connects,
+        budget / 8,
+    );
+    let others = (settings.http.max_connections + settings.mqtt.max_pending_connects) as u64;
+    lower(
+        "mqtt.max_connections",
+        &mut settings.mqtt.max_connections,
+        budget - others,
+    );
 }
 
 /// Binds `addr` (from config key `key`), naming both when it fails.

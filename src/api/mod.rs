@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod forwarding;
 mod me;
+pub mod server;
 
 use std::sync::Arc;
 

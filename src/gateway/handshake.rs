@@ -29,8 +29,6 @@ use super::{acl, Shared};
 use crate::auth::{AuthError, Claims};
 use crate::domain::UserId;
 
-/// A client that has not sent CONNECT by then is dropped.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest client id, in bytes (contract v1.1).
 pub const MAX_CLIENT_ID: usize = 128;
 
@@ -41,12 +39,17 @@ pub(super) async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     shared: &Arc<Shared>,
     peer: SocketAddr,
 ) -> Option<Session> {
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, wire.read_packet()).await {
+    let connect = match tokio::time::timeout(shared.bounds.connect, wire.read_packet()).await {
         Ok(Ok(Some(In::Connect(connect)))) => connect,
         Ok(Err(mqttbytes::Error::InvalidProtocolLevel(_) | mqttbytes::Error::InvalidProtocol)) => {
             refuse(wire, ConnectReturnCode::RefusedProtocolVersion).await;
             return None;
         }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "MQTT CONNECT unreadable or over 8 KiB");
+            return None;
+        }
+        // Gone, or too slow (`mqtt.connect_timeout_secs`).
         _ => return None,
     };
     if let Err(code) = check(&connect) {
@@ -113,6 +116,7 @@ pub(super) async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         code: ConnectReturnCode::Success,
     };
     wire.queue(Out::ConnAck(ack, None));
+    wire.connected();
     let session = Session {
         claims,
         keep_alive: (connect.keep_alive > 0)

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 pub use handshake::MAX_CLIENT_ID;
 pub use presence::{Presence, MAX_WATCHED_PER_USER};
@@ -60,7 +60,7 @@ use crate::auth::Auth;
 use crate::broker::Broker;
 use crate::config::MqttSettings;
 use crate::domain::UserId;
-use crate::limits::{RateLimiter, Rule};
+use crate::limits::{RateLimiter, Rule, Sometimes};
 use crate::relay::RelaySender;
 use crate::shutdown::{Shutdown, DRAIN_TIMEOUT};
 
@@ -75,6 +75,17 @@ struct Shared {
     presence: Presence,
     /// Sends per user per minute (`limits.sends_per_user_per_minute`).
     sends: SendLimit,
+    bounds: Bounds,
+    /// A place per socket that has not finished CONNECT (`mqtt.max_pending_connects`).
+    pending: Arc<Semaphore>,
+    /// The warning that sockets are being turned away, at most once a minute.
+    turned_away: Sometimes,
+}
+
+/// How long a client may take (`mqtt.*_timeout_secs`).
+struct Bounds {
+    connect: Duration,
+    packet: Duration,
 }
 
 /// At most `per_minute` sends per user (0: no limit), counted by the connections.
@@ -151,6 +162,12 @@ impl Gateway {
                     per_minute: sends_per_minute,
                     sent: RateLimiter::new(),
                 },
+                bounds: Bounds {
+                    connect: Duration::from_secs(settings.connect_timeout_secs),
+                    packet: Duration::from_secs(settings.packet_timeout_secs),
+                },
+                pending: Arc::new(Semaphore::new(settings.max_pending_connects)),
+                turned_away: Sometimes::new(Duration::from_secs(60)),
             }),
         })
     }
@@ -191,6 +208,10 @@ impl Gateway {
                     continue;
                 }
             };
+            let Ok(pending) = self.shared.pending.clone().try_acquire_owned() else {
+                turn_away(&self.shared, stream, transport);
+                continue;
+            };
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "setting TCP_NODELAY");
             }
@@ -201,11 +222,11 @@ impl Gateway {
                 match transport {
                     Transport::Tcp => {
                         let (reader, writer) = stream.into_split();
-                        session::serve(reader, writer, peer, shared, shutdown).await;
+                        session::serve(reader, writer, peer, shared, shutdown, pending).await;
                     }
                     // Boxed, so that TCP connections' tasks are not sized for a WebSocket's.
                     Transport::WebSocket => {
-                        Box::pin(websocket::serve(stream, peer, shared, shutdown)).await
+                        Box::pin(websocket::serve(stream, peer, shared, shutdown, pending)).await
                     }
                 }
                 drop(alive);
@@ -221,6 +242,21 @@ impl Gateway {
             tracing::warn!("MQTT connections still open after {DRAIN_TIMEOUT:?}");
         }
         let _ = housekeeping.await;
+    }
+}
+
+/// A socket past `mqtt.max_pending_connects`: an MQTT client is told CONNACK 3 "server
+/// unavailable" before it asks (it reads it after its CONNECT), then the socket closes.
+fn turn_away(shared: &Shared, stream: TcpStream, transport: Transport) {
+    if let Transport::Tcp = transport {
+        // Never blocks: a client that does not read this loses it.
+        let _ = stream.try_write(&[0x20, 0x02, 0x00, 0x03]);
+    }
+    if let Some(held) = shared.turned_away.ready() {
+        tracing::warn!(
+            since_last_warning = held,
+            "MQTT socket turned away: mqtt.max_pending_connects sockets have not finished CONNECT"
+        );
     }
 }
 

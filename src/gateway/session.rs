@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::admission::Ticket;
@@ -33,6 +33,8 @@ pub(super) enum End {
     ClientDisconnect,
     ClientGone,
     KeepAliveTimeout,
+    /// Half a packet, and the rest did not come within `mqtt.packet_timeout_secs`.
+    Stalled,
     ProtocolViolation,
     Forbidden,
     Expired,
@@ -49,7 +51,11 @@ impl End {
     fn fires_will(self) -> bool {
         matches!(
             self,
-            End::ClientGone | End::KeepAliveTimeout | End::ProtocolViolation | End::Forbidden
+            End::ClientGone
+                | End::KeepAliveTimeout
+                | End::Stalled
+                | End::ProtocolViolation
+                | End::Forbidden
         )
     }
 }
@@ -81,6 +87,7 @@ pub(super) async fn serve<R, W>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: Shutdown,
+    pending: OwnedSemaphorePermit,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
@@ -89,6 +96,8 @@ pub(super) async fn serve<R, W>(
     // Boxed: the handshake's future is the largest part of a connection's and is needed once,
     // so it is not kept in the task for the connection's whole life.
     let accepted = Box::pin(handshake::accept(&mut wire, &shared, peer)).await;
+    // Connected (and under the connection caps now), or gone.
+    drop(pending);
     if let Some(session) = accepted {
         let user = session.user();
         tracing::debug!(%peer, %user, "MQTT connected");
@@ -116,6 +125,11 @@ impl Session {
         let far = Duration::from_secs(86_400 * 365);
         let keep_alive = tokio::time::sleep(self.keep_alive.unwrap_or(far));
         tokio::pin!(keep_alive);
+        // Armed while a packet is half read: the rest must come by then.
+        let rest_due = tokio::time::sleep(far);
+        tokio::pin!(rest_due);
+        let mut partial = false;
+        let mut decoded = 0;
 
         let end = loop {
             tokio::select! {
@@ -123,6 +137,7 @@ impl Session {
                 _ = &mut expiry => break End::Expired,
                 _ = self.claim.kick.notified() => break End::TakenOver,
                 _ = &mut keep_alive => break End::KeepAliveTimeout,
+                _ = &mut rest_due, if partial => break End::Stalled,
                 revoked = revocations.recv() => {
                     if let Some(end) = self.revoked(revoked, shared) {
                         break end;
@@ -137,6 +152,13 @@ impl Session {
                     }
                     if let Err(end) = self.handle_input(wire, shared).await {
                         break end;
+                    }
+                    // A new packet started (none was half read, or some were completed since).
+                    let started = !partial || wire.decoded() != decoded;
+                    partial = wire.has_partial_packet();
+                    decoded = wire.decoded();
+                    if partial && started {
+                        rest_due.as_mut().reset(Instant::now() + shared.bounds.packet);
                     }
                 }
                 note = self.link.next() => {

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -34,6 +35,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: Shutdown,
+    pending: OwnedSemaphorePermit,
 ) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
@@ -51,7 +53,7 @@ pub(super) async fn serve(
     let (mqtt_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
     let bridge = tokio::spawn(bridge(ws, bridge_side));
     let (reader, writer) = tokio::io::split(mqtt_side);
-    session::serve(reader, writer, peer, shared, shutdown).await;
+    session::serve(reader, writer, peer, shared, shutdown, pending).await;
     // The connection dropped its side: the bridge sees the end, closes the WebSocket, returns.
     let _ = bridge.await;
 }

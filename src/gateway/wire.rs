@@ -20,6 +20,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The largest packet a client may send; a larger one closes the connection. Big enough for
 /// any valid command, so an over-long body gets its `body_too_large` error event.
 pub(super) const MAX_PACKET: usize = 256 * 1024;
+/// The largest CONNECT: a token, a client id and a short will fit many times over, and a
+/// socket that has not authenticated yet holds no more than this (and one read's room).
+pub(super) const MAX_CONNECT: usize = 8 * 1024;
 /// A client that does not read what it is sent for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The read room of a connection that has been quiet; also what an idle one holds.
@@ -36,6 +39,10 @@ pub(super) struct Wire<R, W> {
     read_size: usize,
     /// Encoded packets not yet written; empty (no allocation) between writes.
     out: BytesMut,
+    /// The largest packet the client may send now: [`MAX_CONNECT`] until it is connected.
+    max_packet: usize,
+    /// Packets decoded so far.
+    decoded: u64,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
@@ -46,7 +53,24 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
             rbuf: BytesMut::new(),
             read_size: MIN_READ,
             out: BytesMut::new(),
+            max_packet: MAX_CONNECT,
+            decoded: 0,
         }
+    }
+
+    /// The client is connected: from now on its packets may be up to [`MAX_PACKET`].
+    pub(super) fn connected(&mut self) {
+        self.max_packet = MAX_PACKET;
+    }
+
+    /// Packets decoded so far.
+    pub(super) fn decoded(&self) -> u64 {
+        self.decoded
+    }
+
+    /// Part of a packet is read and the rest is still to come.
+    pub(super) fn has_partial_packet(&self) -> bool {
+        !self.rbuf.is_empty()
     }
 
     /// Reads until one whole packet is buffered; `Ok(None)` at the end of the stream.
@@ -63,8 +87,11 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
 
     /// The next whole packet already read, `Ok(None)` if more bytes are needed.
     pub(super) fn next_packet(&mut self) -> Result<Option<In>, mqttbytes::Error> {
-        match In::read(&mut self.rbuf, MAX_PACKET) {
-            Ok(packet) => Ok(Some(packet)),
+        match In::read(&mut self.rbuf, self.max_packet) {
+            Ok(packet) => {
+                self.decoded += 1;
+                Ok(Some(packet))
+            }
             Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
             Err(e) => Err(e),
         }
@@ -81,7 +108,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
             Ok(0) | Err(_) => false,
             Ok(n) => {
                 self.read_size = if n == room {
-                    (self.read_size * 2).min(MAX_READ)
+                    (self.read_size * 2).min(MAX_READ).min(self.max_packet)
                 } else {
                     MIN_READ
                 };

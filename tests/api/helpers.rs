@@ -216,6 +216,8 @@ pub fn free_port() -> u16 {
 pub struct Options {
     pub env: Vec<(String, String)>,
     pub smtp_port: Option<u16>,
+    /// The open-files limit (soft and hard) the binary starts under.
+    pub open_files: Option<u64>,
 }
 
 impl Options {
@@ -314,6 +316,22 @@ from = "{TWILIO_FROM}"
             .stderr(Stdio::piped());
         for (k, v) in &self.options.env {
             command.env(k, v);
+        }
+        if let Some(limit) = self.options.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = command.spawn().expect("the tidings binary starts");
         let stderr = child.stderr.take().unwrap();
@@ -869,8 +887,43 @@ impl RawMqtt {
         }
     }
 
-    async fn write(&mut self, bytes: &[u8]) {
+    /// Writes `bytes` as they are (half a packet, say).
+    pub async fn write(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await.unwrap();
+    }
+}
+
+/// Raises this test process's own open-files limit to its hard limit (tests that hold many
+/// sockets).
+pub fn raise_own_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+}
+
+/// Reads from `stream` until the server closes it; what it sent, or `None` if it was still
+/// open after `within`.
+pub async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
     }
 }

@@ -6,6 +6,7 @@ mod acl;
 mod conversations;
 mod durability;
 mod forwarding;
+mod hardening;
 mod helpers;
 mod history;
 mod http;

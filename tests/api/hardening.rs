@@ -1,0 +1,183 @@
+//! Bounds on what a client can hold (issue "Hardening"): slow and silent sockets on HTTP and
+//! MQTT are cut off on their deadlines, the caps answer at once, and honest clients keep working
+//! meanwhile, even under a 1 024-descriptor limit.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// Short deadlines, so that the tests wait seconds, not minutes.
+fn quick() -> Options {
+    Options::default()
+        .env("TIDINGS_HTTP__HEADER_TIMEOUT_SECS", 1)
+        .env("TIDINGS_HTTP__BODY_TIMEOUT_SECS", 1)
+        .env("TIDINGS_MQTT__CONNECT_TIMEOUT_SECS", 1)
+        .env("TIDINGS_MQTT__PACKET_TIMEOUT_SECS", 1)
+}
+
+/// `n` sockets that each send the first byte of a request and then nothing.
+async fn slow_sockets(addr: std::net::SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut socket = TcpStream::connect(addr).await.unwrap();
+        socket.write_all(first).await.unwrap();
+        sockets.push(socket);
+    }
+    sockets
+}
+
+#[tokio::test]
+async fn a_slowloris_under_1024_descriptors_is_cut_off_and_locks_nobody_out() {
+    raise_own_open_files();
+    let app = TestApp::spawn_with(Options {
+        open_files: Some(1024),
+        ..quick()
+    })
+    .await;
+    let ann = app.login("+14155550101").await;
+    assert!(
+        app.log()
+            .contains("http.max_connections lowered to fit the open-files limit"),
+        "{}",
+        app.log()
+    );
+
+    // 1 000 sockets dribbling a request head: more than the server has descriptors to spare.
+    let started = Instant::now();
+    let mut slow = slow_sockets(app.http, 1000, b"G").await;
+
+    // MQTT is not starved: its descriptors are its own.
+    let mut mqtt = app.mqtt_inbox(&ann, "phone").await;
+    mqtt.assert_no_event(Duration::from_millis(100)).await;
+
+    // Past http.max_connections a socket is told 503 at once; the rest are closed once their
+    // header timeout (1 s) is over. None stays.
+    let mut busy = 0;
+    for socket in &mut slow {
+        let got = read_until_closed(socket, Duration::from_secs(10))
+            .await
+            .expect("every slow socket is closed by the server");
+        if got.starts_with(b"HTTP/1.1 503") {
+            busy += 1;
+        }
+    }
+    assert!(busy > 0, "some sockets were over the cap");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // And HTTP serves again.
+    let me = app.get("/v1/me", &ann.access).await;
+    assert_eq!(me.status, 200, "{me:?}");
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_come_gets_408_and_the_connection_closes() {
+    let app = TestApp::spawn_with(quick()).await;
+    let mut socket = TcpStream::connect(app.http).await.unwrap();
+    socket
+        .write_all(
+            b"POST /v1/auth/otp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 100\r\n\r\n{\"pho",
+        )
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut socket, Duration::from_secs(5))
+        .await
+        .expect("closed after the body timeout");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    let app = TestApp::spawn_with(quick()).await;
+    let mut socket = TcpStream::connect(app.http).await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_until_closed(&mut socket, Duration::from_secs(5))
+        .await
+        .expect("closed once idle for the header timeout");
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn mqtt_sockets_that_do_not_connect_are_dropped_and_the_pending_cap_answers_at_once() {
+    let app = TestApp::spawn_with(quick().env("TIDINGS_MQTT__MAX_PENDING_CONNECTS", 5)).await;
+    let ann = app.login("+14155550101").await;
+
+    // Five silent sockets hold every pending place...
+    let mut silent = slow_sockets(app.mqtt, 5, b"").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so the next one is told CONNACK 3 "server unavailable" before it asks.
+    let mut sixth = TcpStream::connect(app.mqtt).await.unwrap();
+    let told = read_until_closed(&mut sixth, Duration::from_secs(1))
+        .await
+        .expect("turned away at once");
+    assert_eq!(told, [0x20, 0x02, 0x00, 0x03]);
+
+    // The silent ones are dropped after the connect timeout (1 s), without a word.
+    for socket in &mut silent {
+        let got = read_until_closed(socket, Duration::from_secs(5))
+            .await
+            .expect("dropped after mqtt.connect_timeout_secs");
+        assert!(got.is_empty());
+    }
+    // Then there is room again.
+    let (_mqtt, code, _) =
+        RawMqtt::connect(app.mqtt, "phone", &ann.user_id, &ann.access, true).await;
+    assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+}
+
+#[tokio::test]
+async fn a_connect_over_8_kib_is_refused_before_it_is_read() {
+    let app = TestApp::spawn().await;
+    let mut socket = TcpStream::connect(app.mqtt).await.unwrap();
+    // The fixed header of a CONNECT announcing 9 000 bytes, and the start of it.
+    socket
+        .write_all(&[0x10, 0xA8, 0x46, 0x00, 0x04, b'M', b'Q', b'T', b'T'])
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut socket, Duration::from_secs(2))
+        .await
+        .expect("closed at once");
+    assert!(got.is_empty(), "{got:?}");
+}
+
+#[tokio::test]
+async fn half_a_packet_is_dropped_after_the_packet_timeout_even_with_keep_alive_off() {
+    let app = TestApp::spawn_with(quick()).await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let mut watcher = app.mqtt_inbox(&ann, "watcher").await;
+    // keep_alive = 0: without a packet deadline nothing would ever close this.
+    let (mut raw, code, _) =
+        RawMqtt::connect(app.mqtt, "half", &bob.user_id, &bob.access, true).await;
+    assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+    // A PUBLISH announcing 200 000 bytes, of which 5 come.
+    raw.write(&[0x32, 0xC0, 0x9A, 0x0C, 0x00, 0x05]).await;
+    let started = Instant::now();
+    assert!(raw.next().await.is_none(), "closed by the server");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // A connection that keeps sending whole packets for longer than that is not cut off.
+    let bob_phone = app.mqtt_inbox(&bob, "phone").await;
+    for i in 0..3 {
+        bob_phone
+            .send(&ann.user_id, &format!("still here {i}"), &format!("c-{i}"))
+            .await;
+        assert_eq!(watcher.event().await["body"], format!("still here {i}"));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+}
