@@ -10,10 +10,12 @@ use rumqttc::mqttbytes::v4::{
 use rumqttc::mqttbytes::QoS as InQoS;
 use rumqttd::protocol::{
     Filter, Packet as Out, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, QoS, RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck,
-    Unsubscribe,
+    PubRecReason, Publish as OutPublish, QoS, RetainForwardRule, SubAck, Subscribe,
+    SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -22,7 +24,7 @@ use super::session::{End, Session};
 use super::wire::Wire;
 use super::{acl, Shared};
 use crate::domain::UserId;
-use crate::payloads::{Command, CommandError};
+use crate::payloads::{self, Command, CommandError};
 use crate::relay::Submission;
 
 /// Handles one client packet; what the router must see is pushed to `to_router`, outbox
@@ -65,10 +67,12 @@ pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 /// past its peer's inbox buffer (BENCHMARKS.md, "pair"). Many clients still fill a batch.
 pub(super) const IN_RELAY: usize = 256;
 
-/// A command for the outbox: parsed, given one of the connection's places in the relay
-/// (waiting for one when all [`IN_RELAY`] are taken) and put in `to_relay`, then acknowledged.
-/// The acknowledgement is written after [`submit`] has queued the command in the relay. Any
-/// other topic closes the connection.
+/// A command for the outbox: parsed and checked against the send limit here, then given one of
+/// the connection's places in the relay (waiting for one when all [`IN_RELAY`] are taken) and
+/// put in `to_relay`, then acknowledged. The acknowledgement is written after [`submit`] has
+/// queued the command in the relay. A command refused here never reaches the relay: its error
+/// event goes straight back to this connection ([`refuse`]). Any other topic closes the
+/// connection.
 async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     session: &mut Session,
     shared: &Shared,
@@ -81,22 +85,47 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         tracing::info!(%user, "MQTT publish to a forbidden topic; closing");
         return Err(End::Forbidden);
     }
+    match command(shared, user, &publish.payload) {
+        Ok(command) => {
+            let place = place_in_relay(session, shared, to_relay).await?;
+            to_relay.push(Submission {
+                from: user,
+                command,
+                place: Some(place),
+            });
+        }
+        Err(error) => refuse(session, wire, &error),
+    }
+    acknowledge(wire, &publish);
+    Ok(())
+}
+
+/// One of the connection's [`IN_RELAY`] places, waiting for one if all are taken.
+async fn place_in_relay(
+    session: &mut Session,
+    shared: &Shared,
+    to_relay: &mut Vec<Submission>,
+) -> Result<OwnedSemaphorePermit, End> {
     let places = session
         .in_relay
         .get_or_insert_with(|| Arc::new(Semaphore::new(IN_RELAY)));
-    let place = match Arc::clone(places).try_acquire_owned() {
-        Ok(place) => place,
-        Err(_) => {
-            // Some places may be held by the commands still here: they go first, or their
-            // places would never come back.
-            submit(shared, to_relay).await?;
-            Arc::clone(places)
-                .acquire_owned()
-                .await
-                .expect("a connection's semaphore is never closed")
-        }
-    };
-    to_relay.push(submission(shared, user, &publish.payload, Some(place)));
+    if let Ok(place) = Arc::clone(places).try_acquire_owned() {
+        return Ok(place);
+    }
+    // Some places may be held by the commands still here: they go first, or their places
+    // would never come back.
+    submit(shared, to_relay).await?;
+    Ok(Arc::clone(places)
+        .acquire_owned()
+        .await
+        .expect("a connection's semaphore is never closed"))
+}
+
+/// PUBACK (QoS 1) or PUBREC (QoS 2) for a client's publish.
+fn acknowledge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    wire: &mut Wire<R, W>,
+    publish: &Publish,
+) {
     let pkid = publish.pkid;
     match publish.qos {
         InQoS::AtMostOnce => {}
@@ -115,7 +144,26 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             wire.queue(Out::PubRec(rec, None));
         }
     }
-    Ok(())
+}
+
+/// A command refused before the relay (malformed, or past the send limit): its error event
+/// goes to this connection only, at QoS 0, if it is subscribed to its inbox. So a flood of bad
+/// or excess commands costs its own connection's CPU and socket, and nothing of the relay, the
+/// router or the other users.
+fn refuse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    session: &Session,
+    wire: &mut Wire<R, W>,
+    error: &CommandError,
+) {
+    if session.subscribed.is_none() {
+        return;
+    }
+    let topic = crate::topics::inbox(&session.user());
+    let event = payloads::error_event(error);
+    wire.queue(Out::Publish(
+        OutPublish::new(Bytes::from(topic), Bytes::from(event), false),
+        None,
+    ));
 }
 
 /// Queues a connection's commands in the relay, in order, all at once: the relay's queue
@@ -140,25 +188,30 @@ pub(super) async fn submit(shared: &Shared, to_relay: &mut Vec<Submission>) -> R
 
 /// An outbox payload as the relay takes it: parsed here, in the connection's task (so that
 /// parsing spreads over every core and the relay only stores), and a send checked against the
-/// user's sends per minute before anything is queued. A refusal travels as its error event.
-pub(super) fn submission(
-    shared: &Shared,
-    from: UserId,
-    payload: &[u8],
-    place: Option<OwnedSemaphorePermit>,
-) -> Submission {
-    let command = Command::parse(payload).and_then(|command| {
-        if let Command::Send { client_msg_id, .. } = &command {
-            shared.sends.try_acquire(&from).map_err(|wait| {
-                CommandError::rate_limited(Some(client_msg_id.as_str().to_owned()), wait)
-            })?;
+/// user's sends per minute before anything is queued.
+fn command(shared: &Shared, from: UserId, payload: &[u8]) -> Result<Command, CommandError> {
+    let command = Command::parse(payload)?;
+    if let Command::Send { client_msg_id, .. } = &command {
+        shared.sends.try_acquire(&from).map_err(|wait| {
+            CommandError::rate_limited(Some(client_msg_id.as_str().to_owned()), wait)
+        })?;
+    }
+    Ok(command)
+}
+
+/// A will's command, for the relay; `None` (logged) if it is refused: nobody is there to be
+/// told.
+pub(super) fn will(shared: &Shared, from: UserId, payload: &[u8]) -> Option<Submission> {
+    match command(shared, from, payload) {
+        Ok(command) => Some(Submission {
+            from,
+            command,
+            place: None,
+        }),
+        Err(error) => {
+            tracing::info!(user = %from, code = ?error.code, "a will's command was refused");
+            None
         }
-        Ok(command)
-    });
-    Submission {
-        from,
-        command,
-        place,
     }
 }
 

@@ -269,8 +269,9 @@ impl Session {
         }
         if end.fires_will() {
             if let Some(will) = self.will.take() {
-                let will = packets::submission(shared, self.user(), &will, None);
-                let _ = packets::submit(shared, &mut vec![will]).await;
+                if let Some(will) = packets::will(shared, self.user(), &will) {
+                    let _ = packets::submit(shared, &mut vec![will]).await;
+                }
             }
         }
         drop(self.claim);

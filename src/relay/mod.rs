@@ -41,12 +41,12 @@ const QUEUE: usize = 4096;
 /// The most commands in one batch (one write, one fsync).
 const MAX_BATCH: usize = 1024;
 
-/// One outbox command from an authenticated user, parsed (and rate-limited) by its connection:
-/// a refusal travels as the error event it becomes.
+/// One outbox command from an authenticated user, parsed and rate-limited by its connection
+/// (which answers refusals itself: they never reach the relay).
 #[derive(Debug)]
 pub struct Submission {
     pub from: UserId,
-    pub command: Result<Command, CommandError>,
+    pub command: Command,
     /// The connection's hold on one of its places in the relay (see
     /// `gateway::packets::IN_RELAY`): given back once the command's batch is durable and its
     /// events are out.
@@ -153,12 +153,11 @@ impl Relay {
     fn admit(&mut self, submission: Submission, now_ms: u64, batch: &mut Batch) {
         let Submission { from, command, .. } = submission;
         let reply = match command {
-            Err(error) => Reply::Error(from, error),
-            Ok(Command::Send {
+            Command::Send {
                 to,
                 body,
                 client_msg_id,
-            }) => {
+            } => {
                 let message = Message {
                     id: MessageId::random(),
                     from,
@@ -176,7 +175,7 @@ impl Relay {
                     }
                 }
             }
-            Ok(Command::Read { peer, seq }) => match self.store.mark_read(&from, &peer, seq) {
+            Command::Read { peer, seq } => match self.store.mark_read(&from, &peer, seq) {
                 Ok(Some(seq)) => Reply::Read {
                     reader: from,
                     peer,

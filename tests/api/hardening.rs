@@ -181,3 +181,108 @@ async fn half_a_packet_is_dropped_after_the_packet_timeout_even_with_keep_alive_
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
 }
+
+/// `count` QoS 0 publishes of `payload` to `topic`, in one buffer.
+fn qos0_publishes(topic: &str, payload: &[u8], count: usize) -> Vec<u8> {
+    use rumqttc::mqttbytes::v4::Publish;
+    let mut out = bytes::BytesMut::new();
+    for _ in 0..count {
+        Publish::new(topic, rumqttc::mqttbytes::QoS::AtMostOnce, payload.to_vec())
+            .write(&mut out)
+            .unwrap();
+    }
+    out.to_vec()
+}
+
+#[tokio::test]
+async fn a_flood_of_refused_commands_costs_the_flooder_alone() {
+    let app = TestApp::spawn_with(
+        Options::default().env("TIDINGS_LIMITS__SENDS_PER_USER_PER_MINUTE", 60),
+    )
+    .await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let eve = app.login("+14155550166").await;
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
+    let bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    let before = app.rss_kib();
+
+    // Eve floods from three connections: malformed commands, and sends far past her limit.
+    // One of them is subscribed to her inbox and never reads what it is told.
+    let outbox = format!("users/{}/outbox", eve.user_id);
+    // (To herself: the few within her limit are refused by the relay, the rest before it.)
+    let send = serde_json::json!({"type": "send", "to": eve.user_id, "body": "spam", "client_msg_id": "s"});
+    let mut floods = Vec::new();
+    for (i, payload) in [
+        b"{not json".to_vec(),
+        send.to_string().into_bytes(),
+        b"[]".to_vec(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (mut raw, code, _) = RawMqtt::connect(
+            app.mqtt,
+            &format!("eve-{i}"),
+            &eve.user_id,
+            &eve.access,
+            true,
+        )
+        .await;
+        assert_eq!(code, rumqttc::mqttbytes::v4::ConnectReturnCode::Success);
+        if i == 2 {
+            raw.subscribe(&format!("users/{}/inbox", eve.user_id)).await;
+        }
+        let chunk = qos0_publishes(&outbox, &payload, 2_000);
+        floods.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(6);
+            let mut sent = 0;
+            while Instant::now() < deadline {
+                let write = tokio::time::timeout(Duration::from_secs(1), raw.write(&chunk));
+                if write.await.is_err() {
+                    continue; // held back: the server reads her no faster than it can
+                }
+                sent += 2_000;
+            }
+            sent
+        }));
+    }
+
+    // Meanwhile Bob and Ann chat, each message there within a second or two (this test's own
+    // flood writers share the machine's cores with the server).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let started = Instant::now();
+        bob_mqtt
+            .send(&ann.user_id, &format!("hi {i}"), &format!("b-{i}"))
+            .await;
+        let event = ann_mqtt.event().await;
+        assert_eq!(event["body"], format!("hi {i}"), "{event}");
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut flooded = 0;
+    for flood in floods {
+        flooded += flood.await.unwrap();
+    }
+    assert!(
+        flooded >= 100_000,
+        "the flood was a flood: {flooded} commands"
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest honest message: {slowest:?}"
+    );
+    // Nothing of it was queued or kept: memory is about where it was.
+    let grown_mib = (app.rss_kib() as i64 - before as i64) / 1024;
+    assert!(
+        grown_mib < 64,
+        "the flood of {flooded} commands left {grown_mib} MiB"
+    );
+    // Nothing of it was stored: Ann got only Bob's messages, and no sends from Eve.
+    ann_mqtt.assert_no_event(Duration::from_millis(300)).await;
+    eprintln!(
+        "flood: {flooded} commands, slowest honest message {slowest:?}, RSS {grown_mib:+} MiB"
+    );
+}
