@@ -36,6 +36,13 @@ fn main() -> ExitCode {
         }
     };
     tidings::startup::raise_open_files_limit(&mut settings);
+    // A write past a file-size limit (`ulimit -f`) is a storage fault like a full disk, to be
+    // answered `unavailable` and recovered from, not a reason to die with a core dump.
+    // SAFETY: setting a signal to be ignored, before any thread is started.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

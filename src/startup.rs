@@ -18,7 +18,8 @@ use crate::gateway::{Gateway, Presence};
 use crate::notify;
 use crate::relay;
 use crate::shutdown;
-use crate::store::Store;
+use crate::shutdown::Shutdown;
+use crate::store::{Probe, Store};
 
 pub struct Application {
     http_listener: TcpListener,
@@ -150,6 +151,7 @@ impl Application {
             .ws_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
         let forwarder = tokio::spawn(self.forwarder.run(stop.clone()));
+        tokio::spawn(watch_storage(self.store.clone(), stop.clone()));
         let gateway = tokio::spawn(self.gateway.run(stop));
         tracing::info!(http = %self.http_addr, mqtt = %mqtt_addr, ws = %ws, "tidings ready");
 
@@ -172,6 +174,36 @@ impl Application {
             .context("flushing the store")?;
         tracing::info!("stopped cleanly");
         Ok(())
+    }
+}
+
+/// The exit status when the store failed a write and cannot write again without being opened
+/// anew (`EX_TEMPFAIL`): a supervisor's restart is the recovery.
+pub const EXIT_STORE_STUCK: i32 = 75;
+
+/// Once a second while the store is faulted: has the fault cleared? When the disk takes writes
+/// again but the store does not (sled never does after a failed write), ends the process with
+/// [`EXIT_STORE_STUCK`] and one line saying why: everything acknowledged is durable already,
+/// and a restart opens the store from exactly that.
+async fn watch_storage(store: Store, mut stop: Shutdown) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.recv() => return,
+            _ = tick.tick() => {}
+        }
+        if store.healthy() {
+            continue;
+        }
+        let probing = store.clone();
+        let probed = tokio::task::spawn_blocking(move || probing.probe()).await;
+        if let Ok(Probe::StoreStuck(error)) = probed {
+            tracing::error!(
+                %error,
+                "storage: the disk takes writes again but the store cannot without being reopened; exiting with status {EXIT_STORE_STUCK} for a supervisor to restart tidings (nothing acknowledged is lost)"
+            );
+            std::process::exit(EXIT_STORE_STUCK);
+        }
     }
 }
 

@@ -32,6 +32,7 @@ pub async fn list(
     Authed(claims): Authed,
 ) -> Result<Response, ApiError> {
     let me = claims.user_id;
+    ApiError::unless_store_healthy(&state.store)?;
     let mut summaries = state.store.conversations(&me)?;
     summaries.sort_by_key(|s| std::cmp::Reverse((s.last_at_ms, s.last_seq)));
     let mut last_messages = Vec::with_capacity(summaries.len());
@@ -85,6 +86,7 @@ pub async fn messages(
     query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    ApiError::unless_store_healthy(&state.store)?;
     let peer = UserId::parse(&peer).map_err(|_| ApiError::not_found("no user has that id"))?;
     if state.store.user(&peer)?.is_none() {
         return Err(ApiError::not_found("no user has that id"));

@@ -76,6 +76,25 @@ impl ApiError {
         }
     }
 
+    /// `503 unavailable`: the store cannot write right now (contract v1.1).
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server cannot store right now (e.g. its disk is full); retry later",
+        )
+    }
+
+    /// `503` while the store is faulted: what it holds in memory may not be durable (a batch
+    /// whose flush failed), so history is not served from it.
+    pub fn unless_store_healthy(store: &crate::store::Store) -> Result<(), Self> {
+        if store.healthy() {
+            Ok(())
+        } else {
+            Err(Self::unavailable())
+        }
+    }
+
     pub fn internal(error: &dyn std::error::Error) -> Self {
         tracing::error!(%error, "internal error");
         Self::new(
@@ -103,6 +122,10 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            // The store said it (once per interval) when it marked itself faulted.
+            return Self::unavailable();
+        }
         Self::internal(&e)
     }
 }
@@ -117,7 +140,7 @@ impl From<AuthError> for ApiError {
                 "the code is wrong, expired or used up; request a new one",
             ),
             AuthError::Unauthorized => Self::unauthorized(),
-            AuthError::Store(e) => Self::internal(&e),
+            AuthError::Store(e) => e.into(),
         }
     }
 }

@@ -30,9 +30,17 @@ pub struct AppState {
     pub store: Store,
 }
 
+/// `200` while the store can write, `503 unavailable` while it cannot.
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, ApiError> {
+    ApiError::unless_store_healthy(&state.store)?;
+    Ok("ok")
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/v1/auth/otp", post(auth::request_code))
         .route("/v1/auth/verify", post(auth::verify))
         .route("/v1/auth/refresh", post(auth::refresh))

@@ -131,18 +131,26 @@ impl Relay {
             }
             let mut batch = Batch::default();
             let now_ms = crate::clock::unix_now_ms();
+            // A store that failed a write fails every write until it is reopened: answer at
+            // once, and leave it alone (the store says it in the log, once per interval).
+            let healthy = self.store.healthy();
             for mut submission in queued.drain(..) {
                 places.extend(submission.place.take());
-                self.admit(submission, now_ms, &mut batch);
-            }
-            match self.commit(&batch) {
-                Ok(()) => self.events.publish(&batch.fresh, batch.replies),
-                Err(e) => {
-                    tracing::error!(error = %e, "relay: storing a batch of {}", batch.fresh.len());
-                    self.seqs.forget(&batch.fresh);
-                    let replies = events::unavailable(&batch.fresh, batch.replies);
-                    self.events.publish(&[], replies);
+                if healthy {
+                    self.admit(submission, now_ms, &mut batch);
+                } else {
+                    batch.replies.push(refusal(&submission));
                 }
+            }
+            if !healthy {
+                self.events.publish(&[], batch.replies);
+            } else if let Err(e) = self.commit(&batch) {
+                tracing::debug!(error = %e, "relay: storing a batch of {}", batch.fresh.len());
+                self.seqs.forget(&batch.fresh);
+                let replies = events::unavailable(&batch.fresh, batch.replies);
+                self.events.publish(&[], replies);
+            } else {
+                self.events.publish(&batch.fresh, batch.replies);
             }
             // The batch's commands are answered: their connections may queue more.
             places.clear();
@@ -267,6 +275,15 @@ fn forwarding_jobs(store: &Store, forwarding: &Forwarding, messages: &[Message])
         }
     }
     jobs
+}
+
+/// A command's `unavailable` error, given without looking at the store.
+fn refusal(submission: &Submission) -> Reply {
+    let client_msg_id = match &submission.command {
+        Command::Send { client_msg_id, .. } => Some(client_msg_id.as_str().to_owned()),
+        Command::Read { .. } => None,
+    };
+    Reply::Error(submission.from, unavailable(client_msg_id))
 }
 
 /// The error a sender gets when the store cannot take its command.

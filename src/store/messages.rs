@@ -251,7 +251,7 @@ impl Store {
                 batch.insert(&summary_key(&message.to, &message.from)[..], &[]);
             }
         }
-        Ok(self.inner.chat.apply_batch(batch)?)
+        self.watch(self.inner.chat.apply_batch(batch).map_err(StoreError::from))
     }
 
     /// Moves `reader`'s read marker in the conversation with `peer` to `seq` (at most the

@@ -32,6 +32,7 @@
 
 mod auth;
 mod forwarding;
+mod health;
 mod messages;
 mod users;
 
@@ -41,6 +42,7 @@ use std::sync::{Arc, RwLock};
 
 pub use auth::{OtpChallenge, Session};
 pub use forwarding::{Channel, Channels, Job, JobState, NewJobs, Sent, SentWhat};
+pub use health::{Probe, SAY_EVERY};
 pub use messages::{ConversationSummary, Page};
 pub use users::{AttachError, User};
 
@@ -57,6 +59,16 @@ pub enum StoreError {
     Corrupt { tree: &'static str, detail: String },
 }
 
+impl StoreError {
+    /// The store cannot write right now (a full disk, an I/O error): `unavailable`, not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sled(sled::Error::Io(_)) | StoreError::Io { .. }
+        )
+    }
+}
+
 /// A cheap handle to the database; clone it freely.
 #[derive(Clone)]
 pub struct Store {
@@ -65,6 +77,9 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
+    /// The database directory.
+    path: PathBuf,
+    health: health::Health,
     users: sled::Tree,
     identities: sled::Tree,
     otp: sled::Tree,
@@ -108,6 +123,8 @@ impl Store {
                 chat: messages::open_chat(&db)?,
                 read_markers: db.open_tree("read_markers")?,
                 db,
+                path: path.to_owned(),
+                health: health::Health::default(),
             }),
         })
     }
@@ -116,8 +133,7 @@ impl Store {
     /// file. Blocks; from async code call it through `spawn_blocking` (see
     /// [`Store::durable_async`]).
     pub fn durable(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
-        Ok(())
+        self.watch(self.inner.db.flush().map(|_| ()).map_err(StoreError::from))
     }
 
     /// [`Store::durable`] off the async worker threads.

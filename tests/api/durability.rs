@@ -179,3 +179,67 @@ async fn kill_9_at_a_random_moment_under_many_senders_loses_nothing_and_doubles_
         assert_eq!(mqtt.event().await["seq"], before as u64 + 1);
     }
 }
+
+#[tokio::test]
+async fn a_disk_that_refuses_writes_is_said_in_the_open_and_a_restart_recovers() {
+    let mut app = TestApp::spawn().await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
+    let mut bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    bob_mqtt.send(&ann.user_id, "before", "b-1").await;
+    assert_eq!(ann_mqtt.event().await["body"], "before");
+    assert_eq!(bob_mqtt.event().await["seq"], 1);
+
+    // Every file write fails from now on, as on a full disk.
+    app.limit_file_size(Some(0));
+    for i in 0..50 {
+        bob_mqtt
+            .send(&ann.user_id, &format!("during {i}"), &format!("d-{i}"))
+            .await;
+    }
+    for _ in 0..50 {
+        let error = bob_mqtt.event().await;
+        assert_eq!(error["code"], "unavailable", "{error}");
+        assert!(error["client_msg_id"].as_str().unwrap().starts_with("d-"));
+    }
+    ann_mqtt.assert_no_event(Duration::from_millis(300)).await;
+    // The health check and history say so too: history does not serve what is not durable.
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    Answer::from(health).await.assert_error(503, "unavailable");
+    let history = format!("/v1/conversations/{}/messages", bob.user_id);
+    app.get(&history, &ann.access)
+        .await
+        .assert_error(503, "unavailable");
+    // Said in the log once, not once per message.
+    let said = app.log().matches("storage: cannot write").count();
+    assert!((1..=2).contains(&said), "said {said} times:\n{}", app.log());
+
+    // The disk takes writes again; sled does not after a failed write, so tidings exits with
+    // status 75 and one line saying why, for a supervisor to restart it.
+    app.limit_file_size(None);
+    let status = app
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once the disk takes writes again");
+    assert_eq!(status.code(), Some(75), "{}", app.log());
+    assert!(app.log().contains("exiting with status 75"));
+
+    // Restarted, it has exactly what was acknowledged: the retry of a refused send is new.
+    app.start();
+    let mut bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    bob_mqtt.send(&ann.user_id, "during 0", "d-0").await;
+    let event = bob_mqtt.event().await;
+    assert_eq!(
+        (event["seq"].as_u64(), event["body"].as_str()),
+        (Some(2), Some("during 0"))
+    );
+    let history = full_history(&app, &ann, &bob.user_id).await;
+    assert_gapless_and_unique(&history);
+    let bodies: Vec<_> = history
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["before", "during 0"]);
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}

@@ -379,6 +379,32 @@ from = "{TWILIO_FROM}"
         }
     }
 
+    /// Limits the size of the files the server writes (`RLIMIT_FSIZE`, as `prlimit --fsize`
+    /// would): `Some(0)` fails every write to a file, as a full disk does; `None` lifts it.
+    pub fn limit_file_size(&self, bytes: Option<u64>) {
+        let pid = self.child.as_ref().expect("running").id() as libc::pid_t;
+        let limit = libc::rlimit {
+            rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: prlimit reads the struct passed and writes nothing (no old-limit pointer).
+        let set = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the server to exit on its own; its status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().expect("running").try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// `kill -9`: no chance to flush anything.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
