@@ -164,7 +164,12 @@ pub struct LimitSettings {
     pub otp_resend_secs: u64,
     pub otp_per_identity_per_hour: u32,
     pub otp_per_ip_per_hour: u32,
+    /// Wrong codes per phone or email per UTC day, across all its codes; past it, that
+    /// identity gets `429` (for codes and for verifying) until the day is over.
+    pub otp_failures_per_identity_per_day: u32,
     pub sends_per_user_per_minute: u32,
+    /// `GET /v1/users/lookup` per user per minute.
+    pub lookups_per_user_per_minute: u32,
 }
 
 /// A string that never shows up in `Debug` output or logs.

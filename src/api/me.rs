@@ -236,9 +236,10 @@ pub struct Found {
 
 pub async fn lookup(
     State(state): State<AppState>,
-    Authed(_): Authed,
+    Authed(claims): Authed,
     query: Result<Query<LookupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Found>, ApiError> {
+    state.auth.count_lookup(&claims.user_id)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let identity = match (query.phone, query.email) {
         (Some(phone), None) => {

@@ -60,6 +60,11 @@ const LOGIN: &str = "login";
 
 /// The purpose of codes that add a phone or email to an account: a code for one account is no
 /// use for another, nor for login.
+/// Days since the Unix epoch, UTC.
+fn utc_day(unix_secs: u64) -> u32 {
+    (unix_secs / 86_400) as u32
+}
+
 fn add_purpose(user: &UserId) -> String {
     format!("add:{user}")
 }
@@ -97,6 +102,20 @@ impl Auth {
         }
     }
 
+    /// Counts one `GET /v1/users/lookup` by `user`, or says how long until one is allowed
+    /// (`limits.lookups_per_user_per_minute`): finding out who has a phone number or an email is
+    /// a directory an attacker would like to walk.
+    pub fn count_lookup(&self, user: &UserId) -> Result<(), AuthError> {
+        let key = format!("lookup:{user}");
+        self.limiter
+            .try_acquire(&[Rule {
+                key: &key,
+                max: self.limits.lookups_per_user_per_minute,
+                window: Duration::from_secs(60),
+            }])
+            .map_err(AuthError::RateLimited)
+    }
+
     /// Sends a login code to `identity`, whether or not it has an account.
     pub fn request_login_code(
         &self,
@@ -117,6 +136,7 @@ impl Auth {
     ) -> Result<CodeSent, AuthError> {
         let now = unix_now();
         let identity_key = identity.key();
+        self.refuse_if_locked(&identity_key, now)?;
         if self.limits.otp_resend_secs > 0 {
             if let Some(previous) = self.store.otp(purpose, &identity_key)? {
                 let ready_at = previous.sent_at.saturating_add(self.limits.otp_resend_secs);
@@ -232,10 +252,11 @@ impl Auth {
         let identity_key = identity.key();
         let candidate = self.keys.otp_hash(purpose, &identity_key, code);
         let now = unix_now();
+        self.refuse_if_locked(&identity_key, now)?;
         let max_attempts = self.settings.otp_max_attempts;
-        let mut accepted = false;
+        let (mut accepted, mut guessed) = (false, false);
         self.store.update_otp(purpose, &identity_key, |current| {
-            accepted = false;
+            (accepted, guessed) = (false, false);
             let mut challenge = current?;
             if challenge.expires_at <= now || challenge.attempts >= max_attempts {
                 // Dead: keep it (its sent_at still drives the resend cooldown) but never match.
@@ -247,14 +268,29 @@ impl Auth {
                 challenge.attempts = max_attempts;
                 return Some(challenge);
             }
+            guessed = true;
             challenge.attempts += 1;
             Some(challenge)
         })?;
         if accepted {
-            Ok(())
-        } else {
-            Err(AuthError::InvalidCode)
+            return Ok(());
         }
+        if guessed && self.limits.otp_failures_per_identity_per_day > 0 {
+            // A wrong guess at a live code: the ones that could have found it.
+            self.store.add_otp_failure(&identity_key, utc_day(now))?;
+        }
+        Err(AuthError::InvalidCode)
+    }
+
+    /// `RateLimited` until the end of the UTC day once `identity_key` has had
+    /// `otp_failures_per_identity_per_day` wrong codes that day.
+    fn refuse_if_locked(&self, identity_key: &str, now: u64) -> Result<(), AuthError> {
+        let cap = self.limits.otp_failures_per_identity_per_day;
+        if cap == 0 || self.store.otp_failures(identity_key, utc_day(now))? < cap {
+            return Ok(());
+        }
+        let day_ends = (u64::from(utc_day(now)) + 1) * 86_400;
+        Err(AuthError::RateLimited(Duration::from_secs(day_ends - now)))
     }
 
     fn start_session(&self, user_id: UserId, new_user: bool) -> Result<Tokens, AuthError> {

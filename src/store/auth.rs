@@ -33,6 +33,19 @@ pub struct Session {
     pub created_at: u64,
 }
 
+/// The `otp` tree's "purpose" under which an identity's wrong codes per day are counted.
+const FAILURES: &str = "failures";
+
+/// The count in a failures record (day u32 BE ‖ count u32 BE), if it is for `day`.
+fn failures_on(value: &[u8], day: u32) -> u32 {
+    match (value.get(..4), value.get(4..8)) {
+        (Some(d), Some(n)) if d == day.to_be_bytes() => {
+            u32::from_be_bytes(n.try_into().expect("four bytes"))
+        }
+        _ => 0,
+    }
+}
+
 fn otp_key(purpose: &str, identity_key: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(purpose.len() + 1 + identity_key.len());
     key.extend_from_slice(purpose.as_bytes());
@@ -95,6 +108,27 @@ impl Store {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Wrong codes entered for `identity_key` on `day` (days since the Unix epoch, UTC), across
+    /// all its codes and purposes.
+    pub fn otp_failures(&self, identity_key: &str, day: u32) -> Result<u32, StoreError> {
+        let stored = self.inner.otp.get(otp_key(FAILURES, identity_key))?;
+        Ok(stored.map_or(0, |v| failures_on(&v, day)))
+    }
+
+    /// Counts one more wrong code for `identity_key` on `day`; the count so far that day.
+    pub fn add_otp_failure(&self, identity_key: &str, day: u32) -> Result<u32, StoreError> {
+        let mut count = 0;
+        self.inner
+            .otp
+            .fetch_and_update(otp_key(FAILURES, identity_key), |old| {
+                count = old.map_or(0, |v| failures_on(v, day)) + 1;
+                let mut value = day.to_be_bytes().to_vec();
+                value.extend_from_slice(&count.to_be_bytes());
+                Some(value)
+            })?;
+        Ok(count)
     }
 
     pub fn create_session(&self, session: &Session) -> Result<(), StoreError> {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -281,4 +282,60 @@ async fn a_flood_of_refused_commands_costs_the_flooder_alone() {
     eprintln!(
         "flood: {flooded} commands, slowest honest message {slowest:?}, RSS {grown_mib:+} MiB"
     );
+}
+
+#[tokio::test]
+async fn nothing_secret_reaches_the_log() {
+    // The test app logs at debug for tidings: the most it ever says.
+    let app = TestApp::spawn().await;
+    let phone = "+14155550101";
+    let code = app.phone_code(phone, phone).await;
+    let answer = app.verify(phone, &code).await;
+    assert_eq!(answer.status, 200);
+    let access = answer.body["access_token"].as_str().unwrap().to_owned();
+    let refresh = answer.body["refresh_token"].as_str().unwrap().to_owned();
+    let bob = app.login("+14155550102").await;
+    let ann = Tokens::from(&answer.body);
+    let user_id = ann.user_id.clone();
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "phone").await;
+    let body = "the secret plans for tuesday";
+    ann_mqtt.send(&bob.user_id, body, "c-1").await;
+    assert_eq!(ann_mqtt.event().await["body"], body);
+    let refreshed = app
+        .post("/v1/auth/refresh", json!({"refresh_token": refresh}))
+        .await;
+    assert_eq!(refreshed.status, 200);
+    // A wrong password on MQTT, and a forged bearer on HTTP.
+    let (_, code_5, _) =
+        RawMqtt::connect(app.mqtt, "x", &user_id, "not-a-token-s3cr3t", true).await;
+    assert_eq!(
+        code_5,
+        rumqttc::mqttbytes::v4::ConnectReturnCode::NotAuthorized
+    );
+    app.get("/v1/me", "forged-bearer-s3cr3t")
+        .await
+        .assert_error(401, "unauthorized");
+
+    let log = app.log();
+    // The code as a number of its own, past each line's timestamp (whose digits may hold it).
+    let code_said = log.lines().any(|line| {
+        let text = line.split_once(' ').map_or("", |(_, rest)| rest);
+        text.match_indices(code.as_str()).any(|(at, _)| {
+            let before = text[..at].chars().next_back();
+            let after = text[at + code.len()..].chars().next();
+            !before.is_some_and(|c| c.is_ascii_digit())
+                && !after.is_some_and(|c| c.is_ascii_digit())
+        })
+    });
+    assert!(!code_said, "the code {code} is in the log:\n{log}");
+    for secret in [
+        &access,
+        &refresh,
+        TWILIO_TOKEN,
+        body,
+        "not-a-token-s3cr3t",
+        "forged-bearer-s3cr3t",
+    ] {
+        assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
+    }
 }

@@ -93,3 +93,29 @@ async fn lookup_finds_users_by_phone_or_email() {
         .await
         .assert_error(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn lookups_are_limited_per_user_per_minute() {
+    let app = TestApp::spawn_with(
+        Options::default().env("TIDINGS_LIMITS__LOOKUPS_PER_USER_PER_MINUTE", 3),
+    )
+    .await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    for n in 0..3 {
+        let path = format!("/v1/users/lookup?phone=%2B1415555099{n}");
+        app.get(&path, &ann.access)
+            .await
+            .assert_error(404, "not_found");
+    }
+    let limited = app
+        .get("/v1/users/lookup?phone=%2B14155550102", &ann.access)
+        .await;
+    limited.assert_error(429, "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    // Per user: Bob still looks up.
+    let found = app
+        .get("/v1/users/lookup?phone=%2B14155550101", &bob.access)
+        .await;
+    assert_eq!(found.status, 200, "{found:?}");
+}

@@ -323,3 +323,51 @@ async fn the_twilio_provider_does_not_retry_a_permanent_refusal() {
         "the failure is logged"
     );
 }
+
+#[tokio::test]
+async fn wrong_codes_are_capped_per_identity_per_day_across_codes_and_restarts() {
+    let mut app = TestApp::spawn_with(
+        Options::default()
+            .env("TIDINGS_LIMITS__OTP_RESEND_SECS", 0)
+            .env("TIDINGS_LIMITS__OTP_PER_IDENTITY_PER_HOUR", 0)
+            .env("TIDINGS_LIMITS__OTP_FAILURES_PER_IDENTITY_PER_DAY", 4)
+            .env("TIDINGS_AUTH__OTP_MAX_ATTEMPTS", 3),
+    )
+    .await;
+    let phone = "+14155550101";
+    // Three wrong guesses kill the first code; a new code does not start the count again.
+    let first = app.phone_code(phone, phone).await;
+    let wrong = |code: &str| format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    for _ in 0..3 {
+        app.verify(phone, &wrong(&first))
+            .await
+            .assert_error(401, "invalid_code");
+    }
+    let second = app.phone_code(phone, phone).await;
+    app.verify(phone, &wrong(&second))
+        .await
+        .assert_error(401, "invalid_code");
+    // That was the fourth wrong code today: even the right one is refused now, until the day
+    // is over (Retry-After says when), and no more codes are sent.
+    let locked = app.verify(phone, &second).await;
+    locked.assert_error(429, "rate_limited");
+    let retry_after: u64 = locked.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry_after), "{retry_after}");
+    app.post("/v1/auth/otp", json!({"phone": phone}))
+        .await
+        .assert_error(429, "rate_limited");
+    assert_eq!(app.sms_count(phone), 2);
+    // Counted in the store: a restart does not give the guesser a new day.
+    app.restart();
+    app.post("/v1/auth/otp", json!({"phone": phone}))
+        .await
+        .assert_error(429, "rate_limited");
+    // Other identities are not affected.
+    let other = "+14155550102";
+    let code = app.phone_code(other, other).await;
+    assert_eq!(app.verify(other, &code).await.status, 200);
+}
