@@ -621,6 +621,15 @@ impl Answer {
     pub fn assert_error(&self, status: u16, code: &str) {
         assert_eq!((self.status, self.error_code()), (status, code), "{self:?}");
     }
+
+    /// The `Retry-After` header, in seconds; panics without one.
+    pub fn retry_after(&self) -> u64 {
+        self.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
 }
 
 use rumqttc::{

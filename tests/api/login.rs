@@ -226,11 +226,7 @@ async fn resend_cooldown_answers_429_with_retry_after() {
         .post("/v1/auth/otp", json!({"phone": "+1 415 555 0101"}))
         .await;
     again.assert_error(429, "rate_limited");
-    let retry_after: u64 = again.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = again.retry_after();
     assert!(
         (55..=60).contains(&retry_after),
         "Retry-After {retry_after}"
@@ -351,11 +347,7 @@ async fn wrong_codes_are_capped_per_identity_per_day_across_codes_and_restarts()
     // is over (Retry-After says when), and no more codes are sent.
     let locked = app.verify(phone, &second).await;
     locked.assert_error(429, "rate_limited");
-    let retry_after: u64 = locked.headers["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after = locked.retry_after();
     assert!((1..=86_400).contains(&retry_after), "{retry_after}");
     app.post("/v1/auth/otp", json!({"phone": phone}))
         .await
