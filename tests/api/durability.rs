@@ -119,21 +119,28 @@ async fn kill_9_while_streaming_loses_no_acknowledged_message_and_doubles_none()
 }
 
 /// The same under the bench's kind of load: many senders at once (so batches hold many
-/// conversations), `kill -9` at a random moment, twice. Every acknowledged message is in its
-/// conversation's history once and unchanged, no conversation has a seq gap, and sends go on
-/// after the restart.
+/// conversations) to receivers who are offline and forward by SMS (so forwarding jobs are
+/// pending and being sent), `kill -9` at a random moment, twice. Every acknowledged message is
+/// in its conversation's history once and unchanged, no conversation has a seq gap, sends go on
+/// after the restart, and forwarding resumes without sending anything twice.
 #[tokio::test]
 async fn kill_9_at_a_random_moment_under_many_senders_loses_nothing_and_doubles_nothing() {
     use rand::Rng;
     const PAIRS: usize = 8;
     const SENDS: usize = 2000;
-    let mut app =
-        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__SENDS_PER_USER_PER_MINUTE", 0))
-            .await;
+    let options = Options::default()
+        .env("TIDINGS_LIMITS__SENDS_PER_USER_PER_MINUTE", 0)
+        .env("TIDINGS_FORWARDING__SMS_MIN_INTERVAL_SECS", 1)
+        .env("TIDINGS_FORWARDING__SMS_PER_RECIPIENT_PER_DAY", 0);
+    let mut app = TestApp::spawn_with(options).await;
     let mut pairs = Vec::new();
     for i in 0..PAIRS {
         let sender = app.login(&format!("+141555502{i:02}")).await;
         let receiver = app.login(&format!("+141555503{i:02}")).await;
+        let on = app
+            .patch_me(&receiver.access, serde_json::json!({"forward_sms": true}))
+            .await;
+        assert_eq!(on.status, 200);
         pairs.push((sender, receiver));
     }
     let mut acknowledged: Vec<HashMap<String, Value>> = vec![HashMap::new(); PAIRS];
@@ -172,11 +179,44 @@ async fn kill_9_at_a_random_moment_under_many_senders_loses_nothing_and_doubles_
         }
     }
     // Still a working server: one more message per pair gets the next seq.
+    let mut stored = Vec::new();
     for (i, (sender, receiver)) in pairs.iter().enumerate() {
         let mut mqtt = app.mqtt_inbox(sender, &format!("sender-{i}")).await;
         let before = full_history(&app, receiver, &sender.user_id).await.len();
         mqtt.send(&receiver.user_id, "after", "after-1").await;
         assert_eq!(mqtt.event().await["seq"], before as u64 + 1);
+        stored.push(before + 1);
+    }
+    // Forwarding resumed: each receiver gets the last message by SMS, and no message was
+    // forwarded twice (jobs that were in flight at a kill are never sent again, so at most as
+    // many as were stored).
+    for (i, (_, receiver)) in pairs.iter().enumerate() {
+        let phone = format!("+141555503{i:02}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !app
+            .forwarded_sms(&phone)
+            .iter()
+            .any(|sms| sms.ends_with(": after"))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "receiver {i} ({}) never got the last message by SMS",
+                receiver.user_id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let sms = app.forwarded_sms(&phone);
+        let forwarded: usize = sms.iter().map(|s| messages_in(s)).sum();
+        assert!(
+            forwarded <= stored[i],
+            "receiver {i}: {forwarded} forwarded of {} stored",
+            stored[i]
+        );
+        eprintln!(
+            "receiver {i}: {} SMS for {forwarded} of {} messages",
+            sms.len(),
+            stored[i]
+        );
     }
 }
 

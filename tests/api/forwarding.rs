@@ -5,20 +5,13 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{Mqtt, Options, SmtpServer, TestApp, Tokens};
+use crate::helpers::{messages_in, Mqtt, Options, SmtpServer, TestApp, Tokens};
 
 const ANN: &str = "+14155550101";
 const BOB: &str = "+14155550102";
 
-/// The SMS the gateway got for `to`, login codes left out.
 fn forwarded_sms(app: &TestApp, to: &str) -> Vec<String> {
-    app.twilio
-        .requests()
-        .into_iter()
-        .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
-        .map(|r| r.form.get("Body").cloned().unwrap_or_default())
-        .filter(|body| !body.contains("tidings code"))
-        .collect()
+    app.forwarded_sms(to)
 }
 
 /// Waits until `n` SMS were forwarded to `to` and returns them.
@@ -219,14 +212,6 @@ async fn with_a_delay_an_acknowledged_or_read_message_is_not_forwarded() {
         wait_for_sms(&app, BOB, 1).await,
         vec!["Ann: nobody got this"]
     );
-}
-
-/// How many messages an SMS forwarded ("Ann: ..." is one, "3 new messages from Ann: ..." three).
-fn messages_in(sms: &str) -> usize {
-    match sms.split_once(" new messages from ") {
-        Some((n, _)) => n.parse().unwrap(),
-        None => 1,
-    }
 }
 
 #[tokio::test]

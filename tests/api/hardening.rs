@@ -339,3 +339,32 @@ async fn nothing_secret_reaches_the_log() {
         assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn a_half_packet_flood_holds_nothing_for_long_while_honest_clients_chat() {
+    raise_own_open_files();
+    let app = TestApp::spawn_with(quick()).await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let before = app.rss_kib();
+    // 600 sockets that send the first 4 KiB of an 8 000-byte CONNECT, and no more.
+    let mut half = vec![0x10, 0xC0, 0x3E];
+    half.extend(std::iter::repeat_n(b'x', 4096));
+    let mut flood = slow_sockets(app.mqtt, 600, &half).await;
+    // Honest clients connect and chat meanwhile.
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
+    let bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    bob_mqtt
+        .send(&ann.user_id, "hello through the flood", "c-1")
+        .await;
+    assert_eq!(ann_mqtt.event().await["body"], "hello through the flood");
+    // Every half packet is dropped on its deadline, and what it held is given back.
+    for socket in &mut flood {
+        let got = read_until_closed(socket, Duration::from_secs(10))
+            .await
+            .expect("dropped after mqtt.connect_timeout_secs");
+        assert!(got.is_empty());
+    }
+    let grown_mib = (app.rss_kib() as i64 - before as i64) / 1024;
+    assert!(grown_mib < 32, "600 half packets left {grown_mib} MiB");
+}

@@ -405,6 +405,17 @@ from = "{TWILIO_FROM}"
         None
     }
 
+    /// The SMS the gateway got for `to` that forwarded messages (login codes left out).
+    pub fn forwarded_sms(&self, to: &str) -> Vec<String> {
+        self.twilio
+            .requests()
+            .into_iter()
+            .filter(|r| r.form.get("To").map(String::as_str) == Some(to))
+            .map(|r| r.form.get("Body").cloned().unwrap_or_default())
+            .filter(|body| !body.contains("tidings code"))
+            .collect()
+    }
+
     /// `kill -9`: no chance to flush anything.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
@@ -926,6 +937,15 @@ impl RawMqtt {
     pub async fn write(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await.unwrap();
+    }
+}
+
+/// How many messages a forwarded SMS holds ("Ann: ..." is one, "3 new messages from Ann: ..."
+/// three).
+pub fn messages_in(sms: &str) -> usize {
+    match sms.split_once(" new messages from ") {
+        Some((n, _)) => n.parse().unwrap(),
+        None => 1,
     }
 }
 
