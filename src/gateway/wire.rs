@@ -145,3 +145,135 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Wire<R, W> {
         let _ = self.writer.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rumqttc::mqttbytes::v4::{Connect, PingReq, PubAck, Publish, Subscribe};
+    use rumqttc::mqttbytes::QoS;
+
+    use super::*;
+
+    fn wire() -> Wire<tokio::io::Empty, tokio::io::Sink> {
+        Wire::new(tokio::io::empty(), tokio::io::sink())
+    }
+
+    /// Decodes everything buffered: the packets, and whether it ended in an error.
+    fn decode_all(wire: &mut Wire<tokio::io::Empty, tokio::io::Sink>) -> (Vec<In>, bool) {
+        let mut packets = Vec::new();
+        loop {
+            match wire.next_packet() {
+                Ok(Some(packet)) => packets.push(packet),
+                Ok(None) => return (packets, false),
+                Err(_) => return (packets, true),
+            }
+        }
+    }
+
+    /// Client packets of the kinds a connected client sends, encoded.
+    fn client_packets() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        let publish = (
+            "[a-z/]{1,30}",
+            prop::collection::vec(any::<u8>(), 0..2000),
+            1u16..,
+        )
+            .prop_map(|(topic, payload, pkid)| {
+                let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+                publish.pkid = pkid;
+                let mut out = BytesMut::new();
+                publish.write(&mut out).unwrap();
+                out.to_vec()
+            });
+        let other = prop_oneof![
+            (1u16..).prop_map(|pkid| {
+                let mut out = BytesMut::new();
+                PubAck::new(pkid).write(&mut out).unwrap();
+                out.to_vec()
+            }),
+            Just({
+                let mut out = BytesMut::new();
+                PingReq.write(&mut out).unwrap();
+                out.to_vec()
+            }),
+            "[a-z/+#]{1,40}".prop_map(|filter| {
+                let mut subscribe = Subscribe::new(filter, QoS::AtLeastOnce);
+                subscribe.pkid = 1;
+                let mut out = BytesMut::new();
+                subscribe.write(&mut out).unwrap();
+                out.to_vec()
+            }),
+        ];
+        prop::collection::vec(prop_oneof![publish, other], 1..20)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes before CONNECT: packets, a wait for more, or an error; never a panic, and
+        /// never more than 8 KiB asked for.
+        #[test]
+        fn any_bytes_decode_to_packets_or_an_error(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let mut wire = wire();
+            wire.rbuf.extend_from_slice(&bytes);
+            let _ = decode_all(&mut wire);
+        }
+
+        /// A CONNECT announcing more than 8 KiB is refused from its fixed header alone.
+        #[test]
+        fn a_connect_over_8_kib_is_refused_at_its_header(len in (MAX_CONNECT + 1)..(MAX_PACKET * 2)) {
+            let mut wire = wire();
+            wire.rbuf.extend_from_slice(&[0x10]);
+            let mut remaining = len;
+            loop {
+                let mut byte = (remaining % 128) as u8;
+                remaining /= 128;
+                if remaining > 0 {
+                    byte |= 0x80;
+                }
+                wire.rbuf.extend_from_slice(&[byte]);
+                if remaining == 0 {
+                    break;
+                }
+            }
+            prop_assert!(wire.next_packet().is_err());
+        }
+
+        /// Packets split at any points come out whole, in order, and nothing is left over.
+        #[test]
+        fn packets_split_anywhere_come_out_whole(
+            packets in client_packets(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut wire = wire();
+            wire.connected();
+            let stream: Vec<u8> = packets.concat();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len())).collect();
+            points.push(stream.len());
+            points.sort_unstable();
+            let (mut decoded, mut from) = (Vec::new(), 0);
+            for to in points {
+                wire.rbuf.extend_from_slice(&stream[from..to]);
+                from = to;
+                let (got, failed) = decode_all(&mut wire);
+                prop_assert!(!failed);
+                decoded.extend(got);
+                prop_assert_eq!(wire.has_partial_packet(), wire.decoded() < packets.len() as u64 && !wire.rbuf.is_empty());
+            }
+            prop_assert_eq!(decoded.len(), packets.len());
+            prop_assert!(!wire.has_partial_packet());
+        }
+
+        /// Before CONNECT only CONNECT-sized packets are read: a real CONNECT with a token, a
+        /// client id of 128 bytes and a short will decodes.
+        #[test]
+        fn a_real_connect_fits(client_id in "[a-z0-9]{1,128}", token in "[A-Za-z0-9._-]{100,600}") {
+            let mut connect = Connect::new(client_id);
+            connect.set_login("0123456789abcdef01234567", token);
+            let mut out = BytesMut::new();
+            connect.write(&mut out).unwrap();
+            let mut wire = wire();
+            wire.rbuf.extend_from_slice(&out);
+            prop_assert!(matches!(wire.next_packet(), Ok(Some(In::Connect(_)))));
+        }
+    }
+}

@@ -119,3 +119,78 @@ async fn lookups_are_limited_per_user_per_minute() {
         .await;
     assert_eq!(found.status, 200, "{found:?}");
 }
+
+/// Random bodies (bytes, JSON of any shape, and objects with the right field names holding
+/// anything) to every endpoint that reads one: each is answered with a JSON error or a success,
+/// never a 5xx, and the server goes on serving.
+#[tokio::test]
+async fn random_bodies_get_a_clear_answer_never_a_5xx() {
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let app = TestApp::spawn_with(
+        Options::default()
+            .env("TIDINGS_LIMITS__OTP_PER_IP_PER_HOUR", 0)
+            .env("TIDINGS_LIMITS__OTP_PER_IDENTITY_PER_HOUR", 0),
+    )
+    .await;
+    let ann = app.login("+14155550101").await;
+    let names = [
+        "phone",
+        "email",
+        "code",
+        "refresh_token",
+        "display_name",
+        "forward_sms",
+        "forward_email",
+    ];
+    let value = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        "\\PC{0,40}".prop_map(serde_json::Value::String),
+        "[+0-9 ]{0,20}".prop_map(serde_json::Value::String),
+        Just(json!([1, {"a": null}])),
+    ];
+    let object = prop::collection::btree_map(prop::sample::select(names.to_vec()), value, 0..4)
+        .prop_map(|fields| json!(fields).to_string().into_bytes());
+    let bodies = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..200),
+        "\\PC{0,100}".prop_map(String::into_bytes),
+        object.clone(),
+        object,
+    ];
+    let endpoints = [
+        ("POST", "/v1/auth/otp"),
+        ("POST", "/v1/auth/verify"),
+        ("POST", "/v1/auth/refresh"),
+        ("PATCH", "/v1/me"),
+        ("POST", "/v1/me/email"),
+        ("POST", "/v1/me/phone"),
+        ("POST", "/v1/me/email/verify"),
+        ("POST", "/v1/me/phone/verify"),
+    ];
+    let mut runner = TestRunner::deterministic();
+    for round in 0..40 {
+        for (method, path) in endpoints {
+            let body = bodies.new_tree(&mut runner).unwrap().current();
+            let request = app
+                .client
+                .request(method.parse().unwrap(), app.url(path))
+                .bearer_auth(&ann.access)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            let answer = Answer::from(request.send().await.unwrap()).await;
+            assert!(
+                answer.status < 500,
+                "round {round}: {method} {path} {:?} → {answer:?}",
+                String::from_utf8_lossy(&body)
+            );
+            if answer.status >= 400 {
+                assert!(!answer.error_code().is_empty(), "{answer:?}");
+            }
+        }
+    }
+    assert_eq!(app.get("/v1/me", &ann.access).await.status, 200);
+}
