@@ -32,7 +32,11 @@
 //! - `pair`: one pair, flat out.
 //!
 //! With `BENCH_FORWARD=1` in the environment, every tidings user switches email forwarding on
-//! and tidings waits an hour before forwarding, so every message writes a forwarding job.
+//! and tidings waits an hour before forwarding, so every message writes a forwarding job. With
+//! `BENCH_FORWARD=offline`, the same with no delay and the recipients never connecting: every
+//! message is forwarded for real (the console email provider, one digest per recipient per
+//! `forwarding.email_min_interval_secs`), and a message counts for tidings when a second device
+//! of its sender gets the sender's `message` event.
 //!
 //! Each runs `WARM_UP_TIME` (2 s), then the measured window (`--duration`, default
 //! `DURATION`, 10 s). Senders stop at the end of the window; the run then waits (at most
@@ -641,6 +645,7 @@ impl Bench {
     fn start(&self, kind: Kind, connections: usize) -> anyhow::Result<Broker> {
         match kind {
             Kind::Mosquitto => Broker::mosquitto(&self.cpus.server),
+            Kind::Tidings if forward_offline() => self.tidings_with(connections, &[]),
             Kind::Tidings if forward_all() => {
                 // Every message gets a forwarding job (recipients switch email forwarding on
                 // when they log in); the delay keeps the jobs pending through the run.
@@ -784,7 +789,13 @@ async fn connect_pairs(broker: &Broker, pairs: usize, tag: &str) -> anyhow::Resu
 
 impl Pair {
     async fn connect(addr: SocketAddr, sender: &Who, receiver: &Who) -> anyhow::Result<Self> {
-        let receiving = receiver.connect(addr, None).await.context("receiver")?;
+        let receiving = match (forward_offline(), sender) {
+            // The recipient stays offline; a second device of the sender counts the message
+            // when the sender's own `message` event comes (stored, fsync'd, published).
+            (true, Who::User(_)) => sender.connect(addr, Some("bench-echo")).await,
+            _ => receiver.connect(addr, None).await,
+        }
+        .context("receiver")?;
         let sending = sender.open(addr, None).await.context("sender")?;
         Ok(Self {
             sender: sending,
@@ -2417,10 +2428,17 @@ impl Drop for Killed {
 }
 
 /// One email login: request a code, take it from the log, verify it.
-/// `BENCH_FORWARD=1`: every tidings user forwards by email, so every message writes a
-/// forwarding job in its batch (BENCHMARKS.md, "Forwarding on").
+/// `BENCH_FORWARD=1` or `offline`: every tidings user forwards by email, so every message
+/// writes a forwarding job in its batch (BENCHMARKS.md, "Forwarding on").
 fn forward_all() -> bool {
-    std::env::var("BENCH_FORWARD").is_ok_and(|v| v == "1")
+    std::env::var("BENCH_FORWARD").is_ok_and(|v| v == "1" || v == "offline")
+}
+
+/// `BENCH_FORWARD=offline`: the recipients never connect, so every message is forwarded (with
+/// no delay, one email digest per recipient per window); a message counts when the sender's
+/// second device gets its `message` event.
+fn forward_offline() -> bool {
+    std::env::var("BENCH_FORWARD").is_ok_and(|v| v == "offline")
 }
 
 async fn login(

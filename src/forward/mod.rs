@@ -142,6 +142,9 @@ struct Inner {
 
 type Group = (Channel, UserId);
 
+/// Holds kept before the ones whose window has opened are swept.
+const MAX_HELD: usize = 10_000;
+
 /// Groups by the time they next need a look.
 #[derive(Default)]
 struct Schedule {
@@ -208,12 +211,16 @@ impl Forwarder {
     /// Runs until `stop`, then lets the sends under way finish (for at most the drain timeout).
     pub async fn run(mut self, mut stop: Shutdown) {
         let mut schedule = Schedule::default();
-        if let Err(e) = self.rescan(&mut schedule) {
+        if let Err(e) = self.rescan(&mut schedule, &HashMap::new()) {
             tracing::error!(error = %e, "forwarding: reading pending jobs");
         }
         let mut busy: HashSet<Group> = HashSet::new();
         let mut again: HashSet<Group> = HashSet::new();
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Group, Option<u64>)>();
+        // Groups whose window is closed until then: new jobs cannot make them send earlier,
+        // so they are not looked at before (each look reads all of a group's pending jobs:
+        // looking again at every batch of a chatty sender was quadratic in the window).
+        let mut held: HashMap<Group, u64> = HashMap::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Group, Look)>();
         loop {
             let sleep = match schedule.next() {
                 Some(at) => Duration::from_millis(at.saturating_sub(unix_now_ms())),
@@ -222,18 +229,27 @@ impl Forwarder {
             tokio::select! {
                 _ = stop.recv() => break,
                 Some(due) = self.inbox.rx.recv() => {
-                    schedule.add((due.channel, due.recipient), due.at_ms);
+                    let group = (due.channel, due.recipient);
+                    schedule.add(group, not_before(&held, group, due.at_ms));
                 }
                 _ = self.inbox.rescan.notified() => {
-                    if let Err(e) = self.rescan(&mut schedule) {
+                    if let Err(e) = self.rescan(&mut schedule, &held) {
                         tracing::error!(error = %e, "forwarding: reading pending jobs");
                     }
                 }
-                Some((group, next)) = done_rx.recv() => {
+                Some((group, look)) = done_rx.recv() => {
                     busy.remove(&group);
+                    match look.held_until {
+                        Some(until) => held.insert(group, until),
+                        None => held.remove(&group),
+                    };
+                    if held.len() > MAX_HELD {
+                        let now = unix_now_ms();
+                        held.retain(|_, until| *until > now);
+                    }
                     if again.remove(&group) {
-                        schedule.add(group, unix_now_ms());
-                    } else if let Some(at) = next {
+                        schedule.add(group, not_before(&held, group, unix_now_ms()));
+                    } else if let Some(at) = look.next {
                         schedule.add(group, at);
                     }
                 }
@@ -246,14 +262,14 @@ impl Forwarder {
                         let inner = self.inner.clone();
                         let done = done_tx.clone();
                         tokio::spawn(async move {
-                            let next = match inner.look_at(group).await {
-                                Ok(next) => next,
+                            let look = match inner.look_at(group).await {
+                                Ok(look) => look,
                                 Err(e) => {
                                     tracing::error!(error = %e, channel = group.0.name(), "forwarding: store error; trying again in a minute");
-                                    Some(unix_now_ms() + 60_000)
+                                    Look::at(Some(unix_now_ms() + 60_000))
                                 }
                             };
-                            let _ = done.send((group, next));
+                            let _ = done.send((group, look));
                         });
                     }
                 }
@@ -279,16 +295,43 @@ impl Forwarder {
         tracing::debug!("forwarder stopped");
     }
 
-    /// Schedules every group that has jobs in the store, now.
-    fn rescan(&mut self, schedule: &mut Schedule) -> Result<(), StoreError> {
+    /// Schedules every group that has jobs in the store, now (or when its window opens).
+    fn rescan(
+        &mut self,
+        schedule: &mut Schedule,
+        held: &HashMap<Group, u64>,
+    ) -> Result<(), StoreError> {
         // What queued so far is in the store (drained first: a job written after the scan
         // still has its wake-up queued).
         while self.inbox.rx.try_recv().is_ok() {}
         let now = unix_now_ms();
         for (job, _) in self.inner.store.forward_jobs_all()? {
-            schedule.add((job.channel, job.recipient), now);
+            let group = (job.channel, job.recipient);
+            schedule.add(group, not_before(held, group, now));
         }
         Ok(())
+    }
+}
+
+/// `at`, or later if `group`'s window is closed until then.
+fn not_before(held: &HashMap<Group, u64>, group: Group, at: u64) -> u64 {
+    held.get(&group).map_or(at, |&until| until.max(at))
+}
+
+/// What a look at a group found: when it next needs one, and until when its window is closed
+/// whatever arrives (an email digest's window: one per recipient).
+#[derive(Debug, Default)]
+struct Look {
+    next: Option<u64>,
+    held_until: Option<u64>,
+}
+
+impl Look {
+    fn at(next: Option<u64>) -> Self {
+        Self {
+            next,
+            held_until: None,
+        }
     }
 }
 
@@ -302,11 +345,11 @@ struct Ready {
 impl Inner {
     /// Looks at one group's jobs: drops what needs no forwarding, sends what is due. Returns
     /// when the group next needs a look.
-    async fn look_at(&self, (channel, recipient): Group) -> Result<Option<u64>, StoreError> {
+    async fn look_at(&self, (channel, recipient): Group) -> Result<Look, StoreError> {
         let now = unix_now_ms();
         let jobs = self.store.forward_jobs(channel, &recipient)?;
         if jobs.is_empty() {
-            return Ok(None);
+            return Ok(Look::default());
         }
         let user = self.store.user(&recipient)?;
         let Some(user) = user.filter(|u| Channels::of(u).has(channel)) else {
@@ -317,7 +360,7 @@ impl Inner {
                 "forwarding switched off: queued messages not forwarded"
             );
             self.write(Vec::new(), done).await?;
-            return Ok(None);
+            return Ok(Look::default());
         };
         let mut next: Option<u64> = None;
         let mut done = Vec::new();
@@ -363,13 +406,16 @@ impl Inner {
             self.write(Vec::new(), done).await?;
         }
         let after = match channel {
-            Channel::Sms => self.send_sms(&user, ready, now).await?,
+            Channel::Sms => Look::at(self.send_sms(&user, ready, now).await?),
             Channel::Email => self.send_email(&user, ready, now).await?,
         };
-        if let Some(at) = after {
+        if let Some(at) = after.next {
             earliest(&mut next, at);
         }
-        Ok(next)
+        Ok(Look {
+            next,
+            held_until: after.held_until,
+        })
     }
 
     /// Delivered: a device of the recipient acknowledged the event, or the recipient read up to
@@ -432,24 +478,28 @@ impl Inner {
         Ok(next)
     }
 
-    /// One email digest when the recipient's window is open; returns when it opens otherwise.
+    /// One email digest when the recipient's window is open; otherwise the group is held until
+    /// it opens (one window per recipient: nothing that arrives meanwhile can open it sooner).
     async fn send_email(
         &self,
         user: &User,
         ready: Vec<Ready>,
         now: u64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Look, StoreError> {
         let Some(email) = &user.email else {
-            return Ok(None);
+            return Ok(Look::default());
         };
         if ready.is_empty() {
-            return Ok(None);
+            return Ok(Look::default());
         }
         let opens = (self.store.last_email(&user.id)?
             + self.settings.email_min_interval_secs * 1000)
             .max(retry_at(&ready));
         if now < opens {
-            return Ok(Some(opens));
+            return Ok(Look {
+                next: Some(opens),
+                held_until: Some(opens),
+            });
         }
         let groups = by_sender(ready);
         let mut named = Vec::with_capacity(groups.len());
@@ -471,8 +521,15 @@ impl Inner {
         };
         let items = groups.into_values().flatten().collect();
         let send = self.providers.email.send(&mail);
-        self.attempt(user.id, items, SentWhat::Email, now, send)
-            .await
+        let retry = self
+            .attempt(user.id, items, SentWhat::Email, now, send)
+            .await?;
+        // Sent: the next window opens an interval from now. Failed: not before the retry.
+        let until = retry.unwrap_or(now + self.settings.email_min_interval_secs * 1000);
+        Ok(Look {
+            next: retry,
+            held_until: Some(until),
+        })
     }
 
     /// Records the attempt, makes it, records its outcome. Returns when to try again, if so.
