@@ -87,6 +87,40 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 }
 
+/// A token bucket for one owner (no lock): at most `burst` at once, refilled at `per_sec`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    burst: f32,
+    per_sec: f32,
+    tokens: f32,
+    last: Instant,
+}
+
+impl Bucket {
+    pub fn new(burst: u32, per_sec: f32) -> Self {
+        Self {
+            burst: burst as f32,
+            per_sec,
+            tokens: burst as f32,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f32() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Lets a thing (a warning in the log) happen at most once per interval, and counts how many
 /// times it was held back in between: a fault that repeats per message or per socket is said
 /// once, with its count, not flooded.
@@ -132,6 +166,16 @@ impl Sometimes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let mut bucket = Bucket::new(3, 20.0);
+        assert!((0..3).all(|_| bucket.take()));
+        assert!(!bucket.take());
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(bucket.take() && bucket.take());
+        assert!(!bucket.take());
+    }
 
     #[test]
     fn sometimes_goes_once_per_interval_and_counts_the_rest() {

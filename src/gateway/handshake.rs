@@ -25,7 +25,7 @@ use super::link::RouterLink;
 use super::presence::Deliveries;
 use super::session::{End, Session};
 use super::wire::Wire;
-use super::{acl, Shared};
+use super::{acl, packets, Shared};
 use crate::auth::{AuthError, Claims};
 use crate::domain::UserId;
 
@@ -129,6 +129,7 @@ pub(super) async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         subscribed: None,
         deliveries: Deliveries::default(),
         in_relay: None,
+        subscriptions: packets::subscriptions(),
     };
     if !wire.flush().await {
         session.finish(End::ClientGone, shared).await;

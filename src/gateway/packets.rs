@@ -24,6 +24,7 @@ use super::session::{End, Session};
 use super::wire::Wire;
 use super::{acl, Shared};
 use crate::domain::UserId;
+use crate::limits::Bucket;
 use crate::payloads::{self, Command, CommandError};
 use crate::relay::Submission;
 
@@ -41,6 +42,10 @@ pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         In::Publish(p) => publish(session, shared, wire, p, to_relay).await?,
         In::PubAck(ack) => puback(session, shared, ack, to_router),
         In::PubRel(rel) => pubrel(wire, rel),
+        In::Subscribe(_) | In::Unsubscribe(_) if !session.subscriptions.take() => {
+            tracing::info!(user = %session.user(), "too many SUBSCRIBE and UNSUBSCRIBE packets; closing");
+            return Err(End::ProtocolViolation);
+        }
         In::Subscribe(s) => subscribe(session, shared, wire, s, to_router),
         In::Unsubscribe(u) => unsubscribe(session, wire, u, to_router),
         In::PingReq => {
@@ -58,6 +63,17 @@ pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// SUBSCRIBE and UNSUBSCRIBE packets a connection may send: a burst of this many, then one a
+/// second; past that the connection closes. An app subscribes once per connection; each of
+/// these is work for the router, which every user shares, and a loop of them from one client
+/// stalled every delivery (a test of 4 000 a write held an honest message back for over 10 s).
+pub(super) const SUBSCRIPTIONS_BURST: u32 = 20;
+
+/// A connection's allowance of SUBSCRIBE and UNSUBSCRIBE packets.
+pub(super) fn subscriptions() -> Bucket {
+    Bucket::new(SUBSCRIPTIONS_BURST, 1.0)
 }
 
 /// The most commands one connection has in the relay (queued, or in the batch being made

@@ -24,6 +24,7 @@ use super::wire::Wire;
 use super::{handshake, kept, packets, Shared};
 use crate::auth::Claims;
 use crate::domain::{SessionId, UserId};
+use crate::limits::Bucket;
 use crate::relay::Submission;
 use crate::shutdown::Shutdown;
 
@@ -78,6 +79,8 @@ pub(super) struct Session {
     pub(super) deliveries: Deliveries,
     /// This connection's places in the relay (`packets::IN_RELAY`), made at its first publish.
     pub(super) in_relay: Option<Arc<Semaphore>>,
+    /// SUBSCRIBE and UNSUBSCRIBE packets it may still send (`packets::SUBSCRIPTIONS`).
+    pub(super) subscriptions: Bucket,
 }
 
 /// Serves one client over any byte stream (TCP, or WebSocket frames bridged to bytes).

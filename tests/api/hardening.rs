@@ -368,3 +368,51 @@ async fn a_half_packet_flood_holds_nothing_for_long_while_honest_clients_chat() 
     let grown_mib = (app.rss_kib() as i64 - before as i64) / 1024;
     assert!(grown_mib < 32, "600 half packets left {grown_mib} MiB");
 }
+
+#[tokio::test]
+async fn a_subscribe_loop_is_cut_off_and_stalls_no_one() {
+    use rumqttc::mqttbytes::v4::{Subscribe, Unsubscribe};
+    let app = TestApp::spawn().await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let eve = app.login("+14155550166").await;
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
+    let bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    // Eve subscribes and unsubscribes her own inbox in a loop, 4 000 packets a write: each is
+    // work for the router that every user shares.
+    let inbox = format!("users/{}/inbox", eve.user_id);
+    let mut chunk = bytes::BytesMut::new();
+    for i in 1..=2_000u16 {
+        let mut subscribe = Subscribe::new(&inbox, rumqttc::mqttbytes::QoS::AtLeastOnce);
+        subscribe.pkid = i;
+        subscribe.write(&mut chunk).unwrap();
+        let mut unsubscribe = Unsubscribe::new(&inbox);
+        unsubscribe.pkid = i;
+        unsubscribe.write(&mut chunk).unwrap();
+    }
+    let (mut eve_raw, _, _) =
+        RawMqtt::connect(app.mqtt, "eve", &eve.user_id, &eve.access, true).await;
+    let flood = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for _ in 0..50 {
+            let write = eve_raw.stream_mut().write_all(&chunk);
+            match tokio::time::timeout(Duration::from_secs(2), write).await {
+                Ok(Ok(())) => {}
+                _ => return true, // closed (or no longer read) by the server
+            }
+        }
+        false
+    });
+    // Bob's messages keep reaching Ann meanwhile (a stalled router would hold them).
+    for i in 0..10 {
+        bob_mqtt
+            .send(&ann.user_id, &format!("hi {i}"), &format!("b-{i}"))
+            .await;
+        assert_eq!(ann_mqtt.event().await["body"], format!("hi {i}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(flood.await.unwrap(), "the loop was cut off");
+    assert!(app
+        .log()
+        .contains("too many SUBSCRIBE and UNSUBSCRIBE packets"));
+}

@@ -933,6 +933,11 @@ impl RawMqtt {
         }
     }
 
+    /// The socket itself, for writes the test times.
+    pub fn stream_mut(&mut self) -> &mut tokio::net::TcpStream {
+        &mut self.stream
+    }
+
     /// Writes `bytes` as they are (half a packet, say).
     pub async fn write(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
