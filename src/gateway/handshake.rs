@@ -130,6 +130,7 @@ pub(super) async fn accept<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         deliveries: Deliveries::default(),
         in_relay: None,
         subscriptions: packets::subscriptions(),
+        reads: packets::reads(),
     };
     if !wire.flush().await {
         session.finish(End::ClientGone, shared).await;

@@ -76,6 +76,17 @@ pub(super) fn subscriptions() -> Bucket {
     Bucket::new(SUBSCRIPTIONS_BURST, 1.0)
 }
 
+/// `read` commands a connection may send: a burst of this many, then one per [`READS_REFILL`];
+/// past that each gets `rate_limited`. An app moves its read marker as the user reads, a few
+/// times a second at most; each one is a write in the relay.
+pub(super) const READS_BURST: u32 = 100;
+pub(super) const READS_REFILL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A connection's allowance of `read` commands.
+pub(super) fn reads() -> Bucket {
+    Bucket::new(READS_BURST, 1.0 / READS_REFILL.as_secs_f32())
+}
+
 /// The most commands one connection has in the relay (queued, or in the batch being made
 /// durable) at a time; at the limit it reads no further packets, and the client waits for its
 /// PUBACKs. Without it one flat-out client filled the relay's whole queue (4 096 commands):
@@ -101,7 +112,13 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         tracing::info!(%user, "MQTT publish to a forbidden topic; closing");
         return Err(End::Forbidden);
     }
-    match command(shared, user, &publish.payload) {
+    let command = command(shared, user, &publish.payload).and_then(|command| {
+        if matches!(command, Command::Read { .. }) && !session.reads.take() {
+            return Err(CommandError::rate_limited(None, READS_REFILL));
+        }
+        Ok(command)
+    });
+    match command {
         Ok(command) => {
             let place = place_in_relay(session, shared, to_relay).await?;
             to_relay.push(Submission {

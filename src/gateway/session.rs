@@ -81,6 +81,8 @@ pub(super) struct Session {
     pub(super) in_relay: Option<Arc<Semaphore>>,
     /// SUBSCRIBE and UNSUBSCRIBE packets it may still send (`packets::SUBSCRIPTIONS`).
     pub(super) subscriptions: Bucket,
+    /// `read` commands it may still send (`packets::READS_BURST`).
+    pub(super) reads: Bucket,
 }
 
 /// Serves one client over any byte stream (TCP, or WebSocket frames bridged to bytes).

@@ -416,3 +416,44 @@ async fn a_subscribe_loop_is_cut_off_and_stalls_no_one() {
         .log()
         .contains("too many SUBSCRIBE and UNSUBSCRIBE packets"));
 }
+
+#[tokio::test]
+async fn read_commands_past_their_rate_get_rate_limited() {
+    let app = TestApp::spawn().await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
+    let bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    bob_mqtt.send(&ann.user_id, "hi", "b-1").await;
+    assert_eq!(ann_mqtt.event().await["body"], "hi");
+    // 300 read commands at once: the first 100 are taken (and move nothing after the first),
+    // the rest are answered rate_limited by the connection, with the time to wait.
+    let read = json!({"type": "read", "peer": bob.user_id, "seq": 1}).to_string();
+    for _ in 0..300 {
+        ann_mqtt.publish_outbox(read.clone()).await;
+    }
+    let mut limited = 0;
+    while limited < 150 {
+        let event = ann_mqtt.event().await;
+        if event["code"] == "rate_limited" {
+            assert_eq!(event["retry_after"], 1, "{event}");
+            limited += 1;
+        }
+    }
+    // Still a working connection, and the marker moved once: Bob was told.
+    ann_mqtt.send(&bob.user_id, "still here", "a-1").await;
+    let mut bob_mqtt = bob_mqtt;
+    let mut told = Vec::new();
+    loop {
+        let event = bob_mqtt.event().await;
+        if event["type"] == "message" && event["body"] == "still here" {
+            break;
+        }
+        told.push(event);
+    }
+    assert_eq!(
+        told.iter().filter(|e| e["type"] == "read").count(),
+        1,
+        "{told:?}"
+    );
+}
