@@ -228,17 +228,19 @@ pub fn error_event(error: &CommandError) -> Vec<u8> {
     serde_json::to_vec(&event).expect("events serialise")
 }
 
-pub fn read_event(by: &UserId, seq: u64) -> Vec<u8> {
+pub fn read_event(by: &UserId, peer: &UserId, seq: u64) -> Vec<u8> {
     #[derive(Serialize)]
     struct ReadEvent<'a> {
         #[serde(rename = "type")]
         kind: &'static str,
         by: &'a UserId,
+        peer: &'a UserId,
         seq: u64,
     }
     serde_json::to_vec(&ReadEvent {
         kind: "read",
         by,
+        peer,
         seq,
     })
     .expect("events serialise")
@@ -287,7 +289,7 @@ mod tests {
             message_event_head(&event),
             Some((message.id.clone(), message.to))
         );
-        assert_eq!(message_event_head(&read_event(&message.from, 3)), None);
+        assert_eq!(message_event_head(&read_event(&message.from, &message.to, 3)), None);
         assert_eq!(message_event_head(&event[..40]), None);
         assert_eq!(message_event_head(b"{\"type\":\"message\"}"), None);
     }

@@ -20,7 +20,7 @@ pub(super) enum Reply {
     },
     /// A retry of a message stored before: the original event, to the sender.
     Stored(Message),
-    /// A read marker moved: tell the peer.
+    /// A read marker moved: tell the peer and the reader's devices.
     Read {
         reader: UserId,
         peer: UserId,
@@ -69,7 +69,11 @@ impl Events {
                     push(&original.from, payloads::message_event(&original).into())
                 }
                 Reply::Read { reader, peer, seq } => {
-                    push(&peer, payloads::read_event(&reader, seq).into())
+                    // To the peer (read receipts) and to the reader's other devices (the
+                    // conversation is read there too).
+                    let event: Bytes = payloads::read_event(&reader, &peer, seq).into();
+                    push(&peer, event.clone());
+                    push(&reader, event);
                 }
                 Reply::Error(user, error) => push(&user, payloads::error_event(&error).into()),
             }

@@ -92,20 +92,19 @@ async fn read_markers_move_forward_only_and_the_peer_is_told() {
 
     let read = |peer: &str, seq: u64| json!({"type": "read", "peer": peer, "seq": seq}).to_string();
     ann_mqtt.publish_outbox(read(&bob.user_id, 2)).await;
-    assert_eq!(
-        bob_mqtt.event().await,
-        json!({"type": "read", "by": ann.user_id, "seq": 2})
-    );
+    let told = json!({"type": "read", "by": ann.user_id, "peer": bob.user_id, "seq": 2});
+    assert_eq!(bob_mqtt.event().await, told);
+    // Ann's devices are told too (the one that read, and any other), with the same event.
+    assert_eq!(ann_mqtt.event().await, told);
     assert_eq!(unread(&app, ann.access.clone()).await, 1);
 
     // Backwards, or the same again, moves nothing and tells nobody; past the end stops at the end.
     ann_mqtt.publish_outbox(read(&bob.user_id, 1)).await;
     ann_mqtt.publish_outbox(read(&bob.user_id, 2)).await;
     ann_mqtt.publish_outbox(read(&bob.user_id, 99)).await;
-    assert_eq!(
-        bob_mqtt.event().await,
-        json!({"type": "read", "by": ann.user_id, "seq": 3})
-    );
+    let told = json!({"type": "read", "by": ann.user_id, "peer": bob.user_id, "seq": 3});
+    assert_eq!(bob_mqtt.event().await, told);
+    assert_eq!(ann_mqtt.event().await, told);
     assert_eq!(unread(&app, ann.access.clone()).await, 0);
     bob_mqtt.assert_no_event(Duration::from_millis(300)).await;
 
