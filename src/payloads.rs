@@ -289,7 +289,10 @@ mod tests {
             message_event_head(&event),
             Some((message.id.clone(), message.to))
         );
-        assert_eq!(message_event_head(&read_event(&message.from, &message.to, 3)), None);
+        assert_eq!(
+            message_event_head(&read_event(&message.from, &message.to, 3)),
+            None
+        );
         assert_eq!(message_event_head(&event[..40]), None);
         assert_eq!(message_event_head(b"{\"type\":\"message\"}"), None);
     }

@@ -25,16 +25,35 @@ struct ConversationRow<'a> {
     last_message: Option<MessageEvent<'a>>,
     /// The peer's messages after the caller's read marker.
     unread: u64,
+    /// The caller's read marker in this conversation (0: nothing read).
+    read_seq: u64,
+    /// The peer's read marker: how far the peer has read (read ticks).
+    peer_read_seq: u64,
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// The `sent_at` (ms) of the last conversation of the previous page.
+    before: Option<u64>,
+    limit: Option<usize>,
 }
 
 pub async fn list(
     State(state): State<AppState>,
     Authed(claims): Authed,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = page_limit(query.limit)?;
     let me = claims.user_id;
     ApiError::unless_store_healthy(&state.store)?;
     let mut summaries = state.store.conversations(&me)?;
+    if let Some(before) = query.before {
+        summaries.retain(|s| s.last_at_ms < before);
+    }
     summaries.sort_by_key(|s| std::cmp::Reverse((s.last_at_ms, s.last_seq)));
+    let has_more = summaries.len() > limit;
+    summaries.truncate(limit);
     let mut last_messages = Vec::with_capacity(summaries.len());
     for summary in &summaries {
         last_messages.push(
@@ -53,17 +72,33 @@ pub async fn list(
                 .and_then(|u| u.display_name),
             last_message: last.as_ref().map(MessageEvent::from),
             unread: state.store.unread(&me, &summary.peer)?,
+            read_seq: state.store.read_marker(&me, &summary.peer)?,
+            peer_read_seq: state.store.read_marker(&summary.peer, &me)?,
         });
     }
     #[derive(Serialize)]
     struct Conversations<'a> {
         conversations: Vec<ConversationRow<'a>>,
+        has_more: bool,
     }
     // Serialised here, while the rows still borrow the messages.
     Ok(Json(&Conversations {
         conversations: rows,
+        has_more,
     })
     .into_response())
+}
+
+/// `limit`: 50 when absent, at most 200 (more is served as 200), 0 is refused.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be 1 to 200",
+        )),
+        Some(n) => Ok(n.min(MAX_LIMIT)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -91,16 +126,7 @@ pub async fn messages(
     if state.store.user(&peer)?.is_none() {
         return Err(ApiError::not_found("no user has that id"));
     }
-    let limit = match query.limit {
-        None => DEFAULT_LIMIT,
-        Some(0) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "limit must be 1 to 200",
-            ))
-        }
-        Some(n) => n.min(MAX_LIMIT),
-    };
+    let limit = page_limit(query.limit)?;
     let page = Page {
         before: query.before,
         after: query.after,

@@ -20,7 +20,7 @@ async fn conversations_most_recent_first_with_last_message_and_unread() {
 
     assert_eq!(
         app.get("/v1/conversations", &ann.access).await.body,
-        json!({"conversations": []})
+        json!({"conversations": [], "has_more": false})
     );
 
     // Bob writes twice, Ann answers once; then Carol writes once (the most recent).
@@ -52,6 +52,11 @@ async fn conversations_most_recent_first_with_last_message_and_unread() {
     assert_eq!(rows[1]["last_message"]["seq"], 3);
     // Ann has read nothing yet: Bob's two count, her own reply does not.
     assert_eq!(rows[1]["unread"], 2);
+    assert_eq!(
+        (&rows[1]["read_seq"], &rows[1]["peer_read_seq"]),
+        (&json!(0), &json!(0))
+    );
+    assert_eq!(list.body["has_more"], false);
 
     // Bob's view of the same conversation.
     let bobs = app.get("/v1/conversations", &bob.access).await;
@@ -244,4 +249,84 @@ async fn takeovers_while_the_inbox_is_busy_leave_the_broker_serving() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn the_list_shows_both_read_markers_and_pages_by_time() {
+    let app = TestApp::spawn().await;
+    let ann = app.login("+14155550101").await;
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
+    // Five peers write to Ann, one after another (each a later millisecond).
+    let mut peers = Vec::new();
+    for i in 0..5 {
+        let peer = app.login(&format!("+1415555020{i}")).await;
+        let mut mqtt = app.mqtt_inbox(&peer, "phone").await;
+        mqtt.send(&ann.user_id, &format!("hi from {i}"), "c-1")
+            .await;
+        mqtt.event().await;
+        ann_mqtt.event().await;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        peers.push((peer, mqtt));
+    }
+    // Ann reads the newest conversation; its peer reads Ann's answer.
+    let (newest, newest_mqtt) = &mut peers[4];
+    ann_mqtt.send(&newest.user_id, "hello back", "a-1").await;
+    ann_mqtt.event().await;
+    newest_mqtt.event().await;
+    let read = |peer: &str, seq: u64| json!({"type": "read", "peer": peer, "seq": seq}).to_string();
+    ann_mqtt.publish_outbox(read(&newest.user_id, 1)).await;
+    ann_mqtt.event().await;
+    newest_mqtt.event().await;
+    newest_mqtt.publish_outbox(read(&ann.user_id, 2)).await;
+    newest_mqtt.event().await;
+    ann_mqtt.event().await;
+
+    let first = app.get("/v1/conversations?limit=2", &ann.access).await;
+    let rows = first.body["conversations"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(first.body["has_more"], true);
+    assert_eq!(rows[0]["peer_id"], newest.user_id.as_str());
+    assert_eq!(
+        (
+            &rows[0]["read_seq"],
+            &rows[0]["peer_read_seq"],
+            &rows[0]["unread"]
+        ),
+        (&json!(1), &json!(2), &json!(0))
+    );
+    // The next pages start before the last row's sent_at, until there is no more.
+    let mut seen: Vec<String> = rows
+        .iter()
+        .map(|r| r["peer_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut last = rows;
+    loop {
+        let sent_at = last.last().unwrap()["last_message"]["sent_at"]
+            .as_str()
+            .unwrap();
+        let ms =
+            time::OffsetDateTime::parse(sent_at, &time::format_description::well_known::Rfc3339)
+                .unwrap()
+                .unix_timestamp_nanos()
+                / 1_000_000;
+        let page = app
+            .get(
+                &format!("/v1/conversations?limit=2&before={ms}"),
+                &ann.access,
+            )
+            .await;
+        last = page.body["conversations"].as_array().unwrap().clone();
+        seen.extend(
+            last.iter()
+                .map(|r| r["peer_id"].as_str().unwrap().to_owned()),
+        );
+        if page.body["has_more"] == false {
+            break;
+        }
+    }
+    let expected: Vec<String> = peers.iter().rev().map(|(p, _)| p.user_id.clone()).collect();
+    assert_eq!(seen, expected);
+    app.get("/v1/conversations?limit=0", &ann.access)
+        .await
+        .assert_error(400, "invalid_query");
 }
