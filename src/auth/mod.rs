@@ -138,11 +138,11 @@ impl Auth {
         let identity_key = identity.key();
         self.refuse_if_locked(&identity_key, now)?;
         if self.limits.otp_resend_secs > 0 {
-            if let Some(previous) = self.store.otp(purpose, &identity_key)? {
-                let ready_at = previous.sent_at.saturating_add(self.limits.otp_resend_secs);
-                if now < ready_at {
-                    return Err(AuthError::RateLimited(Duration::from_secs(ready_at - now)));
-                }
+            // Per phone or email, whatever the purpose (logging in, or adding it to an account).
+            let sent_at = self.store.code_sent_at(&identity_key)?;
+            let ready_at = sent_at.saturating_add(self.limits.otp_resend_secs);
+            if sent_at > 0 && now < ready_at {
+                return Err(AuthError::RateLimited(Duration::from_secs(ready_at - now)));
             }
         }
         let hour = Duration::from_secs(3600);
@@ -172,6 +172,7 @@ impl Auth {
         };
         // A new code replaces the old one.
         self.store.put_otp(purpose, &identity_key, &challenge)?;
+        self.store.note_code_sent(&identity_key, now)?;
         self.deliver_code(identity.clone(), code);
         Ok(CodeSent {
             channel: identity.channel(),

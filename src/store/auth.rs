@@ -35,6 +35,8 @@ pub struct Session {
 
 /// The `otp` tree's "purpose" under which an identity's wrong codes per day are counted.
 const FAILURES: &str = "failures";
+/// ... and the one under which the time of its last code (any purpose) is kept.
+const SENT: &str = "sent";
 
 /// The count in a failures record (day u32 BE ‖ count u32 BE), if it is for `day`.
 fn failures_on(value: &[u8], day: u32) -> u32 {
@@ -108,6 +110,19 @@ impl Store {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// When a code was last sent to `identity_key`, for any purpose (Unix seconds; 0: never).
+    pub fn code_sent_at(&self, identity_key: &str) -> Result<u64, StoreError> {
+        super::u64_at(&self.inner.otp, otp_key(SENT, identity_key))
+    }
+
+    /// Notes that a code is being sent to `identity_key` now.
+    pub fn note_code_sent(&self, identity_key: &str, at: u64) -> Result<(), StoreError> {
+        self.inner
+            .otp
+            .insert(otp_key(SENT, identity_key), &at.to_be_bytes()[..])?;
+        Ok(())
     }
 
     /// Wrong codes entered for `identity_key` on `day` (days since the Unix epoch, UTC), across

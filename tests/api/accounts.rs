@@ -86,7 +86,10 @@ async fn bad_profile_changes_are_refused() {
 
 #[tokio::test]
 async fn a_phone_user_adds_an_email_and_logs_in_with_either() {
-    let app = TestApp::spawn().await;
+    // Adding the address, then logging in with it at once: no resend cooldown between the two
+    // (it is the address's, whatever the purpose).
+    let app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__OTP_RESEND_SECS", 0)).await;
     let ann = app.login("+14155550101").await;
     let answer = app
         .post_auth(
@@ -137,7 +140,10 @@ async fn a_phone_user_adds_an_email_and_logs_in_with_either() {
 
 #[tokio::test]
 async fn an_email_user_adds_a_phone_and_logs_in_with_either() {
-    let app = TestApp::spawn().await;
+    // Adding the address, then logging in with it at once: no resend cooldown between the two
+    // (it is the address's, whatever the purpose).
+    let app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__OTP_RESEND_SECS", 0)).await;
     assert_eq!(
         app.post("/v1/auth/otp", json!({"email": "bob@example.com"}))
             .await
@@ -179,7 +185,9 @@ async fn an_email_user_adds_a_phone_and_logs_in_with_either() {
 
 #[tokio::test]
 async fn an_identity_of_another_account_is_409_already_taken() {
-    let app = TestApp::spawn().await;
+    // Bob asks to add Ann's number right after Ann logged in with it: no cooldown here.
+    let app =
+        TestApp::spawn_with(Options::default().env("TIDINGS_LIMITS__OTP_RESEND_SECS", 0)).await;
     let ann = app.login("+14155550101").await;
     let bob = app.login("+14155550102").await;
     assert_eq!(
@@ -240,6 +248,19 @@ async fn codes_for_adding_follow_the_login_rules() {
         .await;
     again.assert_error(429, "rate_limited");
     assert!(again.headers.contains_key("retry-after"));
+    // The cooldown is the address's, whatever the purpose: a login code for it, or another
+    // account adding it, waits too (contract v1.1).
+    app.post("/v1/auth/otp", json!({"email": "a@example.com"}))
+        .await
+        .assert_error(429, "rate_limited");
+    let bob = app.login("+14155550102").await;
+    app.post_auth(
+        "/v1/me/email",
+        &bob.access,
+        json!({"email": "a@example.com"}),
+    )
+    .await
+    .assert_error(429, "rate_limited");
     // A code for adding is no login code, and another account cannot use it.
     let code = app.email_code("a@example.com", 1).await;
     app.post(
@@ -248,7 +269,6 @@ async fn codes_for_adding_follow_the_login_rules() {
     )
     .await
     .assert_error(401, "invalid_code");
-    let bob = app.login("+14155550102").await;
     app.verify_added(&bob.access, "email", "a@example.com", &code)
         .await
         .assert_error(401, "invalid_code");
