@@ -12,11 +12,48 @@ use tidings::startup::{shutdown_signal, Application};
 const USAGE: &str =
     "usage: tidings [--config PATH]   (default ./broker.toml; a missing file means all defaults)";
 
+/// `tidings --help`.
+const HELP: &str = "\
+tidings: a backend for private 1:1 chat apps. OTP login over HTTP, messages over MQTT,
+history in sled, forwarding by SMS and email.
+
+usage: tidings [--config PATH]
+       tidings --help | --version
+
+options:
+  -c, --config PATH   the config file (default ./broker.toml). A missing file means the
+                      embedded defaults: HTTP on 127.0.0.1:8080, MQTT on 127.0.0.1:1883,
+                      data in ./data, login codes printed to the log.
+  -h, --help          this text
+  -V, --version       the version
+
+Every config key can be set by the environment as TIDINGS_<SECTION>__<KEY>, e.g.
+TIDINGS_HTTP__LISTEN=0.0.0.0:8080 or TIDINGS_SMS__TWILIO__AUTH_TOKEN=...; the environment
+wins over the file. RUST_LOG filters the log (default warn,tidings=info).
+
+exit status: 0 stopped cleanly (SIGTERM, Ctrl-C); 1 a bad configuration or a failure at
+start (one line on stderr names the key, file or address); 2 bad arguments; 75 the store
+failed a write and cannot write again without a restart (restart it: nothing acknowledged
+is lost).
+
+The README, topics.md (the MQTT side) and SECURITY.md come with the source.";
+
+/// What the command line asks for.
+enum Action {
+    Run(PathBuf),
+    Help,
+    Version,
+}
+
 fn main() -> ExitCode {
     let config_path = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(path)) => path,
-        Ok(None) => {
-            println!("{USAGE}");
+        Ok(Action::Run(path)) => path,
+        Ok(Action::Help) => {
+            println!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Version) => {
+            println!("tidings {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -64,12 +101,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// `Ok(None)` asks for the usage text.
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>, String> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Action, String> {
     let mut path = PathBuf::from("broker.toml");
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
+            "-h" | "--help" => return Ok(Action::Help),
+            "-V" | "--version" => return Ok(Action::Version),
             "-c" | "--config" => {
                 path = args.next().ok_or("--config needs a path")?.into();
             }
@@ -79,7 +116,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<PathBuf>,
             },
         }
     }
-    Ok(Some(path))
+    Ok(Action::Run(path))
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default: info for tidings, warnings for the rest).

@@ -120,3 +120,34 @@ fn twilio_without_credentials_is_a_config_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn version_help_and_bad_arguments() {
+    let run = |arg: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .arg(arg)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run("--version");
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), concat!("tidings ", env!("CARGO_PKG_VERSION")))
+    );
+    let (code, out, _) = run("--help");
+    assert_eq!(code, Some(0));
+    for needed in ["--config", "TIDINGS_<SECTION>__<KEY>", "exit status", "75"] {
+        assert!(out.contains(needed), "--help lacks {needed:?}:\n{out}");
+    }
+    let (code, _, err) = run("--bogus");
+    assert_eq!(code, Some(2));
+    assert!(
+        err.starts_with("error: unknown argument \"--bogus\""),
+        "{err}"
+    );
+}
