@@ -35,6 +35,7 @@ pub mod domain;
 pub mod forward;
 pub mod gateway;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod payloads;
 pub mod relay;

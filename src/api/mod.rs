@@ -38,9 +38,21 @@ async fn healthz(
     Ok("ok")
 }
 
+/// The Prometheus text format (`crate::metrics`).
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::METRICS.render(),
+    )
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/auth/otp", post(auth::request_code))
         .route("/v1/auth/verify", post(auth::verify))
         .route("/v1/auth/refresh", post(auth::refresh))

@@ -15,6 +15,8 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::METRICS;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -99,6 +101,7 @@ pub async fn serve(listener: TcpListener, app: Router, bounds: Bounds, mut shutd
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        METRICS.http_connections.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Watched {
             inner: tcp,
@@ -126,6 +129,7 @@ pub async fn serve(listener: TcpListener, app: Router, bounds: Bounds, mut shutd
                     tracing::debug!(%peer, "HTTP connection closed: idle");
                 }
             }
+            METRICS.http_connections.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
     }

@@ -8,6 +8,7 @@ mod otp;
 mod tokens;
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::config::{AuthSettings, LimitSettings};
 use crate::domain::SessionId;
 use crate::domain::{Identity, UserId};
 use crate::limits::{RateLimiter, Rule};
+use crate::metrics::METRICS;
 use crate::notify::{self, EmailSender, SmsSender};
 use crate::store::{OtpChallenge, Session, Store, StoreError};
 
@@ -136,10 +138,28 @@ impl Auth {
     ) -> Result<CodeSent, AuthError> {
         let now = unix_now();
         let identity_key = identity.key();
-        self.refuse_if_locked(&identity_key, now)?;
+        let sent = self.try_request_code(purpose, identity, &identity_key, ip, now);
+        let counter = match &sent {
+            Ok(_) => &METRICS.otp_sent,
+            Err(AuthError::RateLimited(_)) => &METRICS.otp_refused,
+            Err(_) => return sent,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        sent
+    }
+
+    fn try_request_code(
+        &self,
+        purpose: &str,
+        identity: &Identity,
+        identity_key: &str,
+        ip: IpAddr,
+        now: u64,
+    ) -> Result<CodeSent, AuthError> {
+        self.refuse_if_locked(identity_key, now)?;
         if self.limits.otp_resend_secs > 0 {
             // Per phone or email, whatever the purpose (logging in, or adding it to an account).
-            let sent_at = self.store.code_sent_at(&identity_key)?;
+            let sent_at = self.store.code_sent_at(identity_key)?;
             let ready_at = sent_at.saturating_add(self.limits.otp_resend_secs);
             if sent_at > 0 && now < ready_at {
                 return Err(AuthError::RateLimited(Duration::from_secs(ready_at - now)));
@@ -165,14 +185,14 @@ impl Auth {
 
         let code = otp::generate();
         let challenge = OtpChallenge {
-            code_hash: self.keys.otp_hash(purpose, &identity_key, &code),
+            code_hash: self.keys.otp_hash(purpose, identity_key, &code),
             expires_at: now + self.settings.otp_ttl_secs,
             attempts: 0,
             sent_at: now,
         };
         // A new code replaces the old one.
-        self.store.put_otp(purpose, &identity_key, &challenge)?;
-        self.store.note_code_sent(&identity_key, now)?;
+        self.store.put_otp(purpose, identity_key, &challenge)?;
+        self.store.note_code_sent(identity_key, now)?;
         self.deliver_code(identity.clone(), code);
         Ok(CodeSent {
             channel: identity.channel(),
@@ -253,7 +273,10 @@ impl Auth {
         let identity_key = identity.key();
         let candidate = self.keys.otp_hash(purpose, &identity_key, code);
         let now = unix_now();
-        self.refuse_if_locked(&identity_key, now)?;
+        if let Err(locked) = self.refuse_if_locked(&identity_key, now) {
+            METRICS.otp_refused.fetch_add(1, Ordering::Relaxed);
+            return Err(locked);
+        }
         let max_attempts = self.settings.otp_max_attempts;
         let (mut accepted, mut guessed) = (false, false);
         self.store.update_otp(purpose, &identity_key, |current| {
@@ -275,6 +298,9 @@ impl Auth {
         })?;
         if accepted {
             return Ok(());
+        }
+        if guessed {
+            METRICS.otp_failed.fetch_add(1, Ordering::Relaxed);
         }
         if guessed && self.limits.otp_failures_per_identity_per_day > 0 {
             // A wrong guess at a live code: the ones that could have found it.

@@ -22,7 +22,7 @@
 mod compose;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,16 +89,6 @@ impl Wakeup {
     }
 }
 
-/// How forwarding went since the start (logged with each failure; `/metrics` will show them).
-#[derive(Debug, Default)]
-pub struct Counts {
-    pub sent: AtomicU64,
-    pub failed: AtomicU64,
-    pub retrying: AtomicU64,
-    pub uncertain: AtomicU64,
-    pub capped: AtomicU64,
-}
-
 /// The wake-up channel: the [`Wakeup`] for the relay, the other end for [`Forwarder::new`].
 pub fn queue() -> (Wakeup, Inbox) {
     let (tx, rx) = mpsc::channel(WAKEUPS);
@@ -137,7 +127,8 @@ struct Inner {
     providers: Providers,
     settings: ForwardingSettings,
     sends: Arc<Semaphore>,
-    counts: Counts,
+    /// How forwarding went (`/metrics`).
+    counts: &'static crate::metrics::Forwarding,
 }
 
 type Group = (Channel, UserId);
@@ -202,7 +193,7 @@ impl Forwarder {
                 providers,
                 settings,
                 sends: Arc::new(Semaphore::new(CONCURRENT_SENDS)),
-                counts: Counts::default(),
+                counts: &crate::metrics::METRICS.forwarding,
             }),
             inbox,
         }

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::domain::UserId;
+use crate::metrics::METRICS;
+use std::sync::atomic::Ordering;
 
 pub(super) struct Admission {
     max_total: usize,
@@ -66,6 +68,7 @@ impl Admission {
         }
         counts.total += 1;
         counts.per_user.insert(user, mine + 1);
+        METRICS.mqtt_connections.fetch_add(1, Ordering::Relaxed);
         Ok(Ticket {
             admission: self.clone(),
             user,
@@ -89,6 +92,7 @@ impl Drop for Ticket {
             .lock()
             .expect("admission lock is never poisoned");
         counts.total -= 1;
+        METRICS.mqtt_connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(mine) = counts.per_user.get_mut(&self.user) {
             *mine -= 1;
             if *mine == 0 {

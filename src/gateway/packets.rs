@@ -125,6 +125,7 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 from: user,
                 command,
                 place: Some(place),
+                received: std::time::Instant::now(),
             });
         }
         Err(error) => refuse(session, wire, &error),
@@ -240,6 +241,7 @@ pub(super) fn will(shared: &Shared, from: UserId, payload: &[u8]) -> Option<Subm
             from,
             command,
             place: None,
+            received: std::time::Instant::now(),
         }),
         Err(error) => {
             tracing::info!(user = %from, code = ?error.code, "a will's command was refused");

@@ -30,11 +30,13 @@ use crate::broker::Broker;
 use crate::domain::{ClientMsgId, Message, MessageId, UserId};
 use crate::forward::Wakeup;
 use crate::gateway::Presence;
+use crate::metrics::METRICS;
 use crate::payloads::{Command, CommandError, ErrorCode};
 use crate::store::{Channel, Job, JobState, NewJobs, Store, StoreError};
 use events::{Events, Reply};
 use policy::{Policy, Verdict};
 use seqs::Seqs;
+use std::sync::atomic::Ordering;
 
 /// Commands waiting for the relay; a full queue holds the publishing connections back.
 const QUEUE: usize = 4096;
@@ -51,6 +53,8 @@ pub struct Submission {
     /// `gateway::packets::IN_RELAY`): given back once the command's batch is durable and its
     /// events are out.
     pub place: Option<OwnedSemaphorePermit>,
+    /// When the gateway read it (`tidings_message_delivery_seconds`).
+    pub received: std::time::Instant,
 }
 
 pub type RelaySender = mpsc::Sender<Submission>;
@@ -121,6 +125,8 @@ impl Relay {
     fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
         let mut queued = Vec::with_capacity(MAX_BATCH);
         let mut places = Vec::with_capacity(MAX_BATCH);
+        // When each send of the batch was read, for the delivery histogram.
+        let mut sends = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = rx.blocking_recv() {
             queued.push(first);
             while queued.len() < MAX_BATCH {
@@ -136,6 +142,9 @@ impl Relay {
             let healthy = self.store.healthy();
             for mut submission in queued.drain(..) {
                 places.extend(submission.place.take());
+                if let Command::Send { .. } = submission.command {
+                    sends.push(submission.received);
+                }
                 if healthy {
                     self.admit(submission, now_ms, &mut batch);
                 } else {
@@ -150,7 +159,13 @@ impl Relay {
                 let replies = events::unavailable(&batch.fresh, batch.replies);
                 self.events.publish(&[], replies);
             } else {
+                METRICS
+                    .messages_stored
+                    .fetch_add(batch.fresh.len() as u64, Ordering::Relaxed);
                 self.events.publish(&batch.fresh, batch.replies);
+            }
+            for received in sends.drain(..) {
+                METRICS.delivery.observe(received.elapsed());
             }
             // The batch's commands are answered: their connections may queue more.
             places.clear();

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use super::{Store, StoreError};
 use crate::limits::Sometimes;
+use crate::metrics::METRICS;
 
 /// How often a lasting fault is said in the log.
 pub const SAY_EVERY: Duration = Duration::from_secs(10);
@@ -60,6 +61,7 @@ impl Store {
         if let Err(error) = &result {
             let health = &self.inner.health;
             let first = !health.faulted.swap(true, Ordering::AcqRel);
+            METRICS.store_faulted.store(1, Ordering::Relaxed);
             if let Some(held) = health.said.ready() {
                 tracing::error!(
                     %error,
@@ -94,6 +96,7 @@ impl Store {
         match written {
             Ok(_) => {
                 self.inner.health.faulted.store(false, Ordering::Release);
+                METRICS.store_faulted.store(0, Ordering::Relaxed);
                 tracing::info!("storage: writing again");
                 Probe::Healthy
             }

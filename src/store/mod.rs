@@ -133,7 +133,10 @@ impl Store {
     /// file. Blocks; from async code call it through `spawn_blocking` (see
     /// [`Store::durable_async`]).
     pub fn durable(&self) -> Result<(), StoreError> {
-        self.watch(self.inner.db.flush().map(|_| ()).map_err(StoreError::from))
+        let started = std::time::Instant::now();
+        let flushed = self.inner.db.flush().map(|_| ()).map_err(StoreError::from);
+        crate::metrics::METRICS.fsync.observe(started.elapsed());
+        self.watch(flushed)
     }
 
     /// [`Store::durable`] off the async worker threads.

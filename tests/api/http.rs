@@ -194,3 +194,61 @@ async fn random_bodies_get_a_clear_answer_never_a_5xx() {
     }
     assert_eq!(app.get("/v1/me", &ann.access).await.status, 200);
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened_in_the_prometheus_format() {
+    let app = TestApp::spawn().await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    // A refused code request (the resend cooldown) and a wrong code.
+    app.post("/v1/auth/otp", json!({"phone": "+14155550101"}))
+        .await
+        .assert_error(429, "rate_limited");
+    let mut ann_mqtt = app.mqtt_inbox(&ann, "ann").await;
+    let mut bob_mqtt = app.mqtt_inbox(&bob, "bob").await;
+    for i in 0..3 {
+        bob_mqtt
+            .send(&ann.user_id, &format!("m{i}"), &format!("b-{i}"))
+            .await;
+        ann_mqtt.event().await;
+        bob_mqtt.event().await;
+    }
+    let answer = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = answer.text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("tidings_mqtt_connections"), 2.0);
+    assert_eq!(value("tidings_messages_stored_total"), 3.0);
+    assert_eq!(value("tidings_message_delivery_seconds_count"), 3.0);
+    assert_eq!(
+        value("tidings_message_delivery_seconds_bucket{le=\"+Inf\"}"),
+        3.0
+    );
+    assert!(value("tidings_store_fsync_seconds_count") >= 3.0);
+    assert_eq!(value("tidings_store_healthy"), 1.0);
+    assert_eq!(value("tidings_otp_sent_total"), 2.0);
+    assert_eq!(value("tidings_otp_refused_total"), 1.0);
+    assert_eq!(value("tidings_forwarding_sent_total"), 0.0);
+    // Every line is a comment or `name[{labels}] number`, and every series has its TYPE.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, number) = line.rsplit_once(' ').unwrap();
+        assert!(number.parse::<f64>().is_ok(), "{line}");
+        let name = series.split('{').next().unwrap();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+            .unwrap_or(name);
+        assert!(text.contains(&format!("# TYPE {base} ")), "{line}");
+    }
+}
