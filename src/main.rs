@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 mod allocator;
 
-use tidings::config::Settings;
+use tidings::config::{LogFormat, Settings};
 use tidings::startup::{shutdown_signal, Application};
 
 const USAGE: &str =
@@ -61,10 +61,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
-    if !config_path.exists() {
-        tracing::info!(path = %config_path.display(), "no config file; using the defaults");
-    }
     let mut settings = match Settings::load(&config_path) {
         Ok(settings) => settings,
         Err(e) => {
@@ -72,6 +68,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    init_tracing(settings.log.format);
+    if !config_path.exists() {
+        tracing::info!(path = %config_path.display(), "no config file; using the defaults");
+    }
     tidings::startup::raise_open_files_limit(&mut settings);
     // A write past a file-size limit (`ulimit -f`) is a storage fault like a full disk, to be
     // answered `unavailable` and recovered from, not a reason to die with a core dump.
@@ -120,12 +120,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Action, String> 
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default: info for tidings, warnings for the rest).
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tidings=info"));
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => log.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => log.json().init(),
+    }
 }

@@ -151,3 +151,44 @@ fn version_help_and_bad_arguments() {
         "{err}"
     );
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
+        dir.path().join("data").display()
+    );
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut ready = None;
+    for line in stderr.lines().map_while(Result::ok) {
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            event["timestamp"].is_string() && event["level"].is_string(),
+            "{line}"
+        );
+        if event["fields"]["message"] == "tidings ready" {
+            ready = Some(event);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let ready = ready.expect("a ready line");
+    assert_eq!(ready["level"], "INFO");
+    assert!(ready["fields"]["http"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+}
