@@ -25,6 +25,20 @@ pub struct Settings {
     pub forwarding: ForwardingSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// The certificate of every `*tls_listen` and `wss_listen`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM: the certificate chain, leaf first.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +64,9 @@ pub struct HttpSettings {
     /// when absent, `http://` and the bound HTTP address.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// HTTPS; off while absent.
+    #[serde(default)]
+    pub tls_listen: Option<String>,
     /// HTTP connections at once; past it, `503` and the connection closes.
     pub max_connections: usize,
     /// The head of a request must arrive within this, counted from when the server waits for
@@ -68,6 +85,12 @@ pub struct MqttSettings {
     /// MQTT over WebSocket; off while absent.
     #[serde(default)]
     pub ws_listen: Option<String>,
+    /// MQTT over TLS; off while absent.
+    #[serde(default)]
+    pub tls_listen: Option<String>,
+    /// MQTT over secure WebSocket (path `/mqtt`); off while absent.
+    #[serde(default)]
+    pub wss_listen: Option<String>,
     /// Bytes of events the broker keeps per inbox for devices that are away or behind.
     pub inbox_buffer_bytes: usize,
     /// MQTT connections of all users together; past it, CONNACK "server unavailable".
@@ -311,6 +334,29 @@ impl Settings {
         }
         if self.auth.otp_max_attempts == 0 {
             return bad("auth.otp_max_attempts", "must be at least 1".into());
+        }
+        let tls_used = [
+            &self.http.tls_listen,
+            &self.mqtt.tls_listen,
+            &self.mqtt.wss_listen,
+        ]
+        .iter()
+        .any(|listen| listen.is_some());
+        if tls_used {
+            if self.tls.cert.is_none() {
+                return bad(
+                    "tls.cert",
+                    "must be set when http.tls_listen, mqtt.tls_listen or mqtt.wss_listen is"
+                        .into(),
+                );
+            }
+            if self.tls.key.is_none() {
+                return bad(
+                    "tls.key",
+                    "must be set when http.tls_listen, mqtt.tls_listen or mqtt.wss_listen is"
+                        .into(),
+                );
+            }
         }
         if let Some(secret) = &self.auth.jwt_secret {
             if secret.expose().len() < 32 {

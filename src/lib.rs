@@ -42,4 +42,5 @@ pub mod relay;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
+pub mod tls;
 pub mod topics;

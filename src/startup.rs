@@ -25,6 +25,8 @@ pub struct Application {
     http_listener: TcpListener,
     http_addr: SocketAddr,
     http_bounds: api::server::Bounds,
+    /// HTTPS (`http.tls_listen`) and its acceptor.
+    https: Option<(TcpListener, crate::tls::TlsAcceptor)>,
     gateway: Gateway,
     relay: std::thread::JoinHandle<()>,
     store: Store,
@@ -40,9 +42,13 @@ impl Application {
             .local_addr()
             .context("reading the HTTP address")?;
         let mqtt_listener = bind("mqtt.listen", &settings.mqtt.listen).await?;
-        let ws_listener = match &settings.mqtt.ws_listen {
-            Some(addr) => Some(bind("mqtt.ws_listen", addr).await?),
-            None => None,
+        let ws_listener = bind_if("mqtt.ws_listen", &settings.mqtt.ws_listen).await?;
+        let https_listener = bind_if("http.tls_listen", &settings.http.tls_listen).await?;
+        let mqtts_listener = bind_if("mqtt.tls_listen", &settings.mqtt.tls_listen).await?;
+        let wss_listener = bind_if("mqtt.wss_listen", &settings.mqtt.wss_listen).await?;
+        let tls = match (&https_listener, &mqtts_listener, &wss_listener) {
+            (None, None, None) => None,
+            _ => Some(crate::tls::acceptor(&settings.tls)?),
         };
 
         let store_path = &settings.storage.path;
@@ -94,7 +100,13 @@ impl Application {
             forward_inbox,
         );
         let gateway = Gateway::new(
-            (mqtt_listener, ws_listener),
+            crate::gateway::Listeners {
+                tcp: mqtt_listener,
+                ws: ws_listener,
+                tls: mqtts_listener,
+                wss: wss_listener,
+                acceptor: tls.clone(),
+            },
             &settings.mqtt,
             auth.clone(),
             broker,
@@ -110,6 +122,7 @@ impl Application {
             http_listener,
             http_addr,
             http_bounds: api::server::Bounds::of(&settings.http),
+            https: https_listener.zip(tls),
             gateway,
             relay,
             store,
@@ -139,26 +152,57 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (trigger, stop) = shutdown::channel();
+        let https_addr = match &self.https {
+            Some((listener, _)) => listener
+                .local_addr()
+                .context("reading the HTTPS address")?
+                .to_string(),
+            None => "off".to_owned(),
+        };
+        let https = self.https.map(|(listener, tls)| {
+            tokio::spawn(api::server::serve(
+                listener,
+                Some(tls),
+                api::router(self.state.clone()),
+                self.http_bounds,
+                stop.clone(),
+            ))
+        });
         let http = tokio::spawn(api::server::serve(
             self.http_listener,
+            None,
             api::router(self.state.clone()),
             self.http_bounds,
             stop.clone(),
         ));
         let mqtt_addr = self.gateway.local_addr();
-        let ws = self
-            .gateway
-            .ws_addr()
-            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let shown =
+            |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let (ws, mqtts, wss) = (
+            shown(self.gateway.ws_addr()),
+            shown(self.gateway.tls_addr()),
+            shown(self.gateway.wss_addr()),
+        );
         let forwarder = tokio::spawn(self.forwarder.run(stop.clone()));
         tokio::spawn(watch_storage(self.store.clone(), stop.clone()));
         let gateway = tokio::spawn(self.gateway.run(stop));
-        tracing::info!(http = %self.http_addr, mqtt = %mqtt_addr, ws = %ws, "tidings ready");
+        tracing::info!(
+            http = %self.http_addr,
+            mqtt = %mqtt_addr,
+            ws = %ws,
+            https = %https_addr,
+            mqtts = %mqtts,
+            wss = %wss,
+            "tidings ready"
+        );
 
         shutdown.await;
         tracing::info!("shutting down: no new connections, draining");
         trigger.trigger();
         http.await.context("HTTP server task")?;
+        if let Some(https) = https {
+            https.await.context("HTTPS server task")?;
+        }
         // The gateway returns once its connections are closed; with them go the last handles
         // on the relay's queue, so the relay finishes what was queued and stops.
         gateway.await.context("MQTT gateway task")?;
@@ -281,6 +325,14 @@ fn share_open_files(open_files: u64, settings: &mut Settings) {
         &mut settings.mqtt.max_connections,
         budget - others,
     );
+}
+
+/// Binds `addr` if the config key `key` has one.
+async fn bind_if(key: &str, addr: &Option<String>) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => Ok(Some(bind(key, addr).await?)),
+        None => Ok(None),
+    }
 }
 
 /// Binds `addr` (from config key `key`), naming both when it fails.

@@ -13,6 +13,7 @@
 //!
 //! At shutdown, requests under way finish and kept-alive connections close.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,9 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::Service;
@@ -39,6 +40,7 @@ use tower::Service;
 use super::{ApiError, MAX_BODY_BYTES};
 use crate::config::HttpSettings;
 use crate::shutdown::{Shutdown, DRAIN_TIMEOUT};
+use crate::tls::TlsAcceptor;
 
 /// The bounds of `[http]`, as durations.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +74,15 @@ fn busy() -> Vec<u8> {
 }
 
 /// Serves `app` on `listener` under `bounds` until `shutdown`, then lets requests under way
-/// finish (for up to [`DRAIN_TIMEOUT`]).
-pub async fn serve(listener: TcpListener, app: Router, bounds: Bounds, mut shutdown: Shutdown) {
+/// finish (for up to [`DRAIN_TIMEOUT`]). With `tls`, each connection first completes a TLS
+/// handshake, within the header timeout.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    bounds: Bounds,
+    mut shutdown: Shutdown,
+) {
     let app = app.layer(axum::middleware::from_fn_with_state(
         bounds.body_timeout,
         bounded_body,
@@ -95,38 +104,24 @@ pub async fn serve(listener: TcpListener, app: Router, bounds: Bounds, mut shutd
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Never blocks: a client that does not read this loses it.
-            let _ = tcp.try_write(&busy);
+            if tls.is_none() {
+                // Never blocks: a client that does not read this loses it.
+                let _ = tcp.try_write(&busy);
+            }
             tracing::debug!(%peer, "HTTP connection refused: http.max_connections reached");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         METRICS.http_connections.fetch_add(1, Ordering::Relaxed);
-        let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Watched {
-            inner: tcp,
-            activity: activity.clone(),
-        });
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: Request<_>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            // A router is always ready; each request gets its own handle.
-            app.clone().call(request.map(Body::new))
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(bounds.header_timeout)
-            .serve_connection(io, service);
-        let connection = graceful.watch(connection);
+        let (app, tls, watcher) = (app.clone(), tls.clone(), graceful.watcher());
         tokio::spawn(async move {
-            tokio::select! {
-                served = connection => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            match tls {
+                None => connection(tcp, peer, app, bounds, watcher).await,
+                Some(tls) => {
+                    match tokio::time::timeout(bounds.header_timeout, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection(stream, peer, app, bounds, watcher).await,
+                        _ => tracing::debug!(%peer, "HTTPS handshake failed or too slow"),
                     }
-                }
-                _ = activity.idle_for(bounds.idle_timeout) => {
-                    tracing::debug!(%peer, "HTTP connection closed: idle");
                 }
             }
             METRICS.http_connections.fetch_sub(1, Ordering::Relaxed);
@@ -139,6 +134,37 @@ pub async fn serve(listener: TcpListener, app: Router, bounds: Bounds, mut shutd
         .is_err()
     {
         tracing::warn!("HTTP requests still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends, goes idle, or the server stops.
+async fn connection<S>(stream: S, peer: SocketAddr, app: Router, bounds: Bounds, watcher: Watcher)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = hyper::service::service_fn(move |mut request: Request<_>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        // A router is always ready; each request gets its own handle.
+        app.clone().call(request.map(Body::new))
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.header_timeout)
+        .serve_connection(io, service);
+    tokio::select! {
+        served = watcher.watch(connection) => {
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        }
+        _ = activity.idle_for(bounds.idle_timeout) => {
+            tracing::debug!(%peer, "HTTP connection closed: idle");
+        }
     }
 }
 
@@ -212,12 +238,12 @@ impl Activity {
 }
 
 /// A socket that notes each read and write that moved bytes.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -232,7 +258,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

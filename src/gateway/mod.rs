@@ -63,6 +63,7 @@ use crate::domain::UserId;
 use crate::limits::{RateLimiter, Rule, Sometimes};
 use crate::relay::RelaySender;
 use crate::shutdown::{Shutdown, DRAIN_TIMEOUT};
+use crate::tls::TlsAcceptor;
 
 /// What every connection needs.
 struct Shared {
@@ -112,7 +113,20 @@ pub struct Gateway {
     tcp: TcpListener,
     tcp_addr: SocketAddr,
     ws: Option<(TcpListener, SocketAddr)>,
+    tls: Option<(TcpListener, SocketAddr)>,
+    wss: Option<(TcpListener, SocketAddr)>,
+    acceptor: Option<TlsAcceptor>,
     shared: Arc<Shared>,
+}
+
+/// Where the gateway listens: MQTT over TCP, and optionally over WebSocket, TLS and secure
+/// WebSocket (the last two with `acceptor`).
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub ws: Option<TcpListener>,
+    pub tls: Option<TcpListener>,
+    pub wss: Option<TcpListener>,
+    pub acceptor: Option<TlsAcceptor>,
 }
 
 /// How a client reaches the gateway.
@@ -120,30 +134,44 @@ pub struct Gateway {
 enum Transport {
     Tcp,
     WebSocket,
+    Tls,
+    SecureWebSocket,
 }
 
 impl Gateway {
     /// `tcp` serves MQTT over TCP, `ws` (when given) MQTT over WebSocket at `/mqtt`; commands
     /// go to `relay`, and `presence` learns who is subscribed and what they acknowledged.
     pub fn new(
-        (tcp, ws): (TcpListener, Option<TcpListener>),
+        listeners: Listeners,
         settings: &MqttSettings,
         auth: Arc<Auth>,
         broker: Broker,
         (relay, presence): (RelaySender, Presence),
         sends_per_minute: u32,
     ) -> std::io::Result<Self> {
-        let ws = match ws {
-            Some(listener) => {
-                let addr = listener.local_addr()?;
-                Some((listener, addr))
+        let with_addr = |listener: Option<TcpListener>| -> std::io::Result<_> {
+            match listener {
+                Some(listener) => {
+                    let addr = listener.local_addr()?;
+                    Ok(Some((listener, addr)))
+                }
+                None => Ok(None),
             }
-            None => None,
         };
+        let Listeners {
+            tcp,
+            ws,
+            tls,
+            wss,
+            acceptor,
+        } = listeners;
         Ok(Self {
             tcp_addr: tcp.local_addr()?,
             tcp,
-            ws,
+            ws: with_addr(ws)?,
+            tls: with_addr(tls)?,
+            wss: with_addr(wss)?,
+            acceptor,
             shared: Arc::new(Shared {
                 auth,
                 broker,
@@ -181,6 +209,16 @@ impl Gateway {
         self.ws.as_ref().map(|(_, addr)| *addr)
     }
 
+    /// The MQTT-over-TLS address, when `mqtt.tls_listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The secure WebSocket address, when `mqtt.wss_listen` is set.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// Who is online and which events their devices acknowledged (for forwarding).
     pub fn presence(&self) -> Presence {
         self.shared.presence.clone()
@@ -192,12 +230,16 @@ impl Gateway {
         // Each connection holds a clone; when all are dropped, every connection has ended.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
         let ws = self.ws.as_ref().map(|(listener, _)| listener);
+        let tls = self.tls.as_ref().map(|(listener, _)| listener);
+        let wss = self.wss.as_ref().map(|(listener, _)| listener);
         let housekeeping = tokio::spawn(housekeeping(self.shared.clone(), shutdown.clone()));
         loop {
             let (accepted, transport) = tokio::select! {
                 _ = shutdown.recv() => break,
                 accepted = self.tcp.accept() => (accepted, Transport::Tcp),
                 accepted = accept_if(ws) => (accepted, Transport::WebSocket),
+                accepted = accept_if(tls) => (accepted, Transport::Tls),
+                accepted = accept_if(wss) => (accepted, Transport::SecureWebSocket),
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -218,15 +260,38 @@ impl Gateway {
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
             let alive = alive_tx.clone();
+            let acceptor = self.acceptor.clone();
             tokio::spawn(async move {
                 match transport {
                     Transport::Tcp => {
                         let (reader, writer) = stream.into_split();
                         session::serve(reader, writer, peer, shared, shutdown, pending).await;
                     }
-                    // Boxed, so that TCP connections' tasks are not sized for a WebSocket's.
+                    // Boxed, so that TCP connections' tasks are not sized for the others'.
                     Transport::WebSocket => {
                         Box::pin(websocket::serve(stream, peer, shared, shutdown, pending)).await
+                    }
+                    Transport::Tls | Transport::SecureWebSocket => {
+                        let acceptor = acceptor.expect("TLS listeners come with an acceptor");
+                        let secure = transport;
+                        Box::pin(async move {
+                            let handshake = tokio::time::timeout(
+                                shared.bounds.connect,
+                                acceptor.accept(stream),
+                            );
+                            let Ok(Ok(stream)) = handshake.await else {
+                                tracing::debug!(%peer, "MQTT TLS handshake failed or too slow");
+                                return;
+                            };
+                            if let Transport::Tls = secure {
+                                let (reader, writer) = tokio::io::split(stream);
+                                session::serve(reader, writer, peer, shared, shutdown, pending)
+                                    .await;
+                            } else {
+                                websocket::serve(stream, peer, shared, shutdown, pending).await;
+                            }
+                        })
+                        .await
                     }
                 }
                 drop(alive);
@@ -234,6 +299,8 @@ impl Gateway {
         }
         drop(self.tcp);
         drop(self.ws);
+        drop(self.tls);
+        drop(self.wss);
         drop(alive_tx);
         if tokio::time::timeout(DRAIN_TIMEOUT, alive_rx.recv())
             .await

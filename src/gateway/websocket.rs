@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -30,13 +29,15 @@ const BRIDGE_BUFFER: usize = 64 * 1024;
 /// A frame (and a message) may be at most this big: an MQTT packet's limit, and some framing.
 const MAX_FRAME: usize = 512 * 1024;
 
-pub(super) async fn serve(
-    stream: TcpStream,
+pub(super) async fn serve<S>(
+    stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: Shutdown,
     pending: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
@@ -84,7 +85,10 @@ fn check_upgrade(request: &Request, mut response: Response) -> Result<Response, 
 }
 
 /// Copies binary frames into `bytes` and `bytes` out as binary frames, until either side ends.
-async fn bridge(mut ws: WebSocketStream<TcpStream>, mut bytes: DuplexStream) {
+async fn bridge<S>(mut ws: WebSocketStream<S>, mut bytes: DuplexStream)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = BytesMut::with_capacity(BRIDGE_BUFFER);
     loop {
         tokio::select! {

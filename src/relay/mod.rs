@@ -151,21 +151,25 @@ impl Relay {
                     batch.replies.push(refusal(&submission));
                 }
             }
-            if !healthy {
-                self.events.publish(&[], batch.replies);
-            } else if let Err(e) = self.commit(&batch) {
-                tracing::debug!(error = %e, "relay: storing a batch of {}", batch.fresh.len());
-                self.seqs.forget(&batch.fresh);
-                let replies = events::unavailable(&batch.fresh, batch.replies);
-                self.events.publish(&[], replies);
-            } else {
-                METRICS
-                    .messages_stored
-                    .fetch_add(batch.fresh.len() as u64, Ordering::Relaxed);
-                self.events.publish(&batch.fresh, batch.replies);
-            }
+            let committed = healthy.then(|| self.commit(&batch));
+            // Observed before the events go out, so that whoever sees an event sees it counted.
             for received in sends.drain(..) {
                 METRICS.delivery.observe(received.elapsed());
+            }
+            match committed {
+                None => self.events.publish(&[], batch.replies),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "relay: storing a batch of {}", batch.fresh.len());
+                    self.seqs.forget(&batch.fresh);
+                    let replies = events::unavailable(&batch.fresh, batch.replies);
+                    self.events.publish(&[], replies);
+                }
+                Some(Ok(())) => {
+                    METRICS
+                        .messages_stored
+                        .fetch_add(batch.fresh.len() as u64, Ordering::Relaxed);
+                    self.events.publish(&batch.fresh, batch.replies);
+                }
             }
             // The batch's commands are answered: their connections may queue more.
             places.clear();

@@ -442,6 +442,17 @@ from = "{TWILIO_FROM}"
         mqtt
     }
 
+    /// An address from the last "tidings ready" line (`https`, `mqtts`, `wss`, ...).
+    pub fn ready_addr(&self, key: &str) -> SocketAddr {
+        let log = self.log();
+        let ready = log
+            .lines()
+            .rev()
+            .find(|line| line.contains("tidings ready"))
+            .expect("a ready line");
+        field(ready, key).parse().unwrap()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }

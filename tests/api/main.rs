@@ -18,5 +18,6 @@ mod messaging;
 mod mosquitto;
 mod presence;
 mod sessions;
+mod tls;
 mod tokens;
 mod websocket;

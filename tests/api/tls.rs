@@ -1,0 +1,233 @@
+//! TLS (contract v1.1 `[tls]`): HTTPS checked with `curl --cacert`, MQTT over TLS with
+//! `mosquitto_sub --cafile` and `mosquitto_pub --cafile`, against a certificate the test makes;
+//! a certificate that cannot be read stops the server at start with one line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// A self-signed certificate for 127.0.0.1 and localhost (EC P-256), made with `openssl`:
+/// (certificate, key).
+fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
+fn tls_options(cert: &Path, key: &Path) -> Options {
+    Options::default()
+        .env("TIDINGS_HTTP__TLS_LISTEN", "127.0.0.1:0")
+        .env("TIDINGS_MQTT__TLS_LISTEN", "127.0.0.1:0")
+        .env("TIDINGS_MQTT__WSS_LISTEN", "127.0.0.1:0")
+        .env("TIDINGS_TLS__CERT", cert.display())
+        .env("TIDINGS_TLS__KEY", key.display())
+}
+
+#[tokio::test]
+async fn https_and_mqtt_over_tls_with_curl_and_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_certificate(dir.path());
+    let app = TestApp::spawn_with(tls_options(&cert, &key)).await;
+    let ann = app.login("+14155550101").await;
+    let bob = app.login("+14155550102").await;
+    let https = app.ready_addr("https");
+    let mqtts = app.ready_addr("mqtts");
+
+    // HTTPS, the certificate checked against the one the test made.
+    let curl = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{https}/v1/me"))
+        .args(["-H", &format!("Authorization: Bearer {}", ann.access)])
+        .output()
+        .unwrap();
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let me: Value = serde_json::from_slice(&curl.stdout).unwrap();
+    assert_eq!(me["user_id"], ann.user_id.as_str());
+    // Without the certificate, curl refuses the server (it is no public CA's).
+    let untrusted = Command::new("curl")
+        .args(["-sS", &format!("https://{https}/healthz")])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+
+    // Secure WebSocket: the TLS handshake, then the upgrade at /mqtt to the mqtt subprotocol.
+    let wss = app.ready_addr("wss");
+    let upgrade = Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "-N",
+            "--http1.1",
+            "--max-time",
+            "2",
+            "--cacert",
+        ])
+        .arg(&cert)
+        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+        .args([
+            "-H",
+            "Sec-WebSocket-Version: 13",
+            "-H",
+            "Sec-WebSocket-Protocol: mqtt",
+        ])
+        .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
+        .arg(format!("https://{wss}/mqtt"))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&upgrade.stdout).to_lowercase();
+    assert!(answer.starts_with("http/1.1 101"), "{answer}");
+    assert!(answer.contains("sec-websocket-protocol: mqtt"), "{answer}");
+
+    // MQTT over TLS: Ann listens with mosquitto_sub, Bob sends with mosquitto_pub.
+    let mqtt_args = |user: &Tokens| {
+        vec![
+            "-h".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            mqtts.port().to_string(),
+            "--cafile".to_owned(),
+            cert.display().to_string(),
+            "-u".to_owned(),
+            user.user_id.clone(),
+            "-P".to_owned(),
+            user.access.clone(),
+            "-q".to_owned(),
+            "1".to_owned(),
+        ]
+    };
+    let mut sub = Command::new("mosquitto_sub")
+        .args(mqtt_args(&ann))
+        .args([
+            "-i",
+            "ann-phone",
+            "-t",
+            &format!("users/{}/inbox", ann.user_id),
+        ])
+        .args(["-C", "1", "-W", "15"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub is installed");
+    // mosquitto_sub needs a moment to subscribe: Bob sends (a new message each time) until it
+    // has one and exits.
+    for i in 0..30 {
+        let command = json!({"type": "send", "to": ann.user_id, "body": "over TLS", "client_msg_id": format!("t-{i}")});
+        let publish = Command::new("mosquitto_pub")
+            .args(mqtt_args(&bob))
+            .args([
+                "-i",
+                "bob-phone",
+                "-t",
+                &format!("users/{}/outbox", bob.user_id),
+            ])
+            .args(["-m", &command.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            publish.status.success(),
+            "{}",
+            String::from_utf8_lossy(&publish.stderr)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        if sub.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let output = tokio::task::spawn_blocking(move || sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let event: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["body"].as_str()),
+        (Some("message"), Some("over TLS"))
+    );
+}
+
+#[test]
+fn a_certificate_that_cannot_be_read_is_one_line_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = |tls: &str| {
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{tls}",
+            data.display()
+        )
+    };
+    let run = |config: String| {
+        let path = dir.path().join("broker.toml");
+        std::fs::write(&path, config).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let errors: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        (output.status.code(), errors[0].clone())
+    };
+    let (code, line) = run(config(
+        "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    ));
+    assert_eq!(code, Some(1));
+    assert!(
+        line.contains("tls.cert") && line.contains("/nonexistent/cert.pem"),
+        "{line}"
+    );
+    let (code, line) = run(config(""));
+    assert_eq!(code, Some(1));
+    assert!(
+        line.contains("tls.cert") && line.contains("must be set"),
+        "{line}"
+    );
+    // A key that is not the certificate's.
+    let (cert, _) = make_certificate(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, key) = make_certificate(other.path());
+    let (code, line) = run(config(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )));
+    assert_eq!(code, Some(1));
+    assert!(line.contains("tls.key"), "{line}");
+}
