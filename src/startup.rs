@@ -152,19 +152,20 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (trigger, stop) = shutdown::channel();
-        let https_addr = match &self.https {
-            Some((listener, _)) => listener
-                .local_addr()
-                .context("reading the HTTPS address")?
-                .to_string(),
-            None => "off".to_owned(),
-        };
+        let shown =
+            |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        let https_addr = shown(match &self.https {
+            Some((listener, _)) => {
+                Some(listener.local_addr().context("reading the HTTPS address")?)
+            }
+            None => None,
+        });
         let https = self.https.map(|(listener, tls)| {
             tokio::spawn(api::server::serve(
                 listener,
                 Some(tls),
                 api::router(self.state.clone()),
-                self.http_bounds,
+                self.http_bounds.clone(),
                 stop.clone(),
             ))
         });
@@ -176,8 +177,6 @@ impl Application {
             stop.clone(),
         ));
         let mqtt_addr = self.gateway.local_addr();
-        let shown =
-            |addr: Option<SocketAddr>| addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
         let (ws, mqtts, wss) = (
             shown(self.gateway.ws_addr()),
             shown(self.gateway.tls_addr()),

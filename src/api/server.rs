@@ -42,10 +42,11 @@ use crate::config::HttpSettings;
 use crate::shutdown::{Shutdown, DRAIN_TIMEOUT};
 use crate::tls::TlsAcceptor;
 
-/// The bounds of `[http]`, as durations.
-#[derive(Debug, Clone, Copy)]
+/// The bounds of `[http]`, as durations, and the connection slots that HTTP and HTTPS share
+/// (`http.max_connections` is one cap for both).
+#[derive(Debug, Clone)]
 pub struct Bounds {
-    pub max_connections: usize,
+    pub slots: Arc<Semaphore>,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
@@ -54,7 +55,7 @@ pub struct Bounds {
 impl Bounds {
     pub fn of(settings: &HttpSettings) -> Self {
         Self {
-            max_connections: settings.max_connections,
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
             header_timeout: Duration::from_secs(settings.header_timeout_secs),
             body_timeout: Duration::from_secs(settings.body_timeout_secs),
             idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
@@ -87,7 +88,6 @@ pub async fn serve(
         bounds.body_timeout,
         bounded_body,
     ));
-    let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let busy = busy();
     let graceful = GracefulShutdown::new();
     loop {
@@ -103,7 +103,7 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Ok(slot) = bounds.slots.clone().try_acquire_owned() else {
             if tls.is_none() {
                 // Never blocks: a client that does not read this loses it.
                 let _ = tcp.try_write(&busy);
@@ -114,6 +114,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         METRICS.http_connections.fetch_add(1, Ordering::Relaxed);
         let (app, tls, watcher) = (app.clone(), tls.clone(), graceful.watcher());
+        let bounds = bounds.clone();
         tokio::spawn(async move {
             match tls {
                 None => connection(tcp, peer, app, bounds, watcher).await,

@@ -231,3 +231,30 @@ fn a_certificate_that_cannot_be_read_is_one_line_at_start() {
     assert_eq!(code, Some(1));
     assert!(line.contains("tls.key"), "{line}");
 }
+
+#[tokio::test]
+async fn http_and_https_share_one_connection_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = make_certificate(dir.path());
+    let app =
+        TestApp::spawn_with(tls_options(&cert, &key).env("TIDINGS_HTTP__MAX_CONNECTIONS", 2)).await;
+    // Two plain connections take both slots...
+    let _held = [
+        tokio::net::TcpStream::connect(app.http).await.unwrap(),
+        tokio::net::TcpStream::connect(app.http).await.unwrap(),
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ...so HTTPS has none left.
+    let https = app.ready_addr("https");
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "3", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://{https}/healthz"))
+        .output()
+        .unwrap();
+    assert!(
+        !curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stdout)
+    );
+}
