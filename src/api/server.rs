@@ -16,8 +16,6 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::metrics::METRICS;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,6 +37,7 @@ use tower::Service;
 
 use super::{ApiError, MAX_BODY_BYTES};
 use crate::config::HttpSettings;
+use crate::metrics::METRICS;
 use crate::shutdown::{Shutdown, DRAIN_TIMEOUT};
 use crate::tls::TlsAcceptor;
 

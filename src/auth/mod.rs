@@ -283,7 +283,7 @@ impl Auth {
             (accepted, guessed) = (false, false);
             let mut challenge = current?;
             if challenge.expires_at <= now || challenge.attempts >= max_attempts {
-                // Dead: keep it (its sent_at still drives the resend cooldown) but never match.
+                // Dead: kept, never matched (the resend cooldown is the identity's own record).
                 return Some(challenge);
             }
             if otp::hashes_equal(&challenge.code_hash, &candidate) {

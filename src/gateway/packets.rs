@@ -3,6 +3,9 @@
 //! checked against the ACL and answered here (the router's own acks know nothing of refused
 //! filters); PUBACKs go to the router and to presence.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use rumqttc::mqttbytes::v4::{
     Packet as In, PubAck as InPubAck, PubRel, Publish, Subscribe as InSubscribe,
     Unsubscribe as InUnsubscribe,
@@ -13,10 +16,6 @@ use rumqttd::protocol::{
     PubRecReason, Publish as OutPublish, QoS, RetainForwardRule, SubAck, Subscribe,
     SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
-use std::sync::Arc;
-
-use bytes::Bytes;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

@@ -79,7 +79,7 @@ pub(super) struct Session {
     pub(super) deliveries: Deliveries,
     /// This connection's places in the relay (`packets::IN_RELAY`), made at its first publish.
     pub(super) in_relay: Option<Arc<Semaphore>>,
-    /// SUBSCRIBE and UNSUBSCRIBE packets it may still send (`packets::SUBSCRIPTIONS`).
+    /// SUBSCRIBE and UNSUBSCRIBE packets it may still send (`packets::SUBSCRIPTIONS_BURST`).
     pub(super) subscriptions: Bucket,
     /// `read` commands it may still send (`packets::READS_BURST`).
     pub(super) reads: Bucket,

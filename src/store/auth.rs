@@ -16,7 +16,9 @@ pub struct OtpChallenge {
     pub expires_at: u64,
     /// Wrong codes tried so far.
     pub attempts: u32,
-    /// Unix seconds when it was sent (for the resend cooldown).
+    /// Unix seconds when it was sent. Kept for the on-disk format and for reading the store;
+    /// the resend cooldown goes by the identity's own record ([`Store::code_sent_at`]), which
+    /// covers every purpose.
     pub sent_at: u64,
 }
 
@@ -132,18 +134,17 @@ impl Store {
         Ok(stored.map_or(0, |v| failures_on(&v, day)))
     }
 
-    /// Counts one more wrong code for `identity_key` on `day`; the count so far that day.
-    pub fn add_otp_failure(&self, identity_key: &str, day: u32) -> Result<u32, StoreError> {
-        let mut count = 0;
+    /// Counts one more wrong code for `identity_key` on `day`.
+    pub fn add_otp_failure(&self, identity_key: &str, day: u32) -> Result<(), StoreError> {
         self.inner
             .otp
             .fetch_and_update(otp_key(FAILURES, identity_key), |old| {
-                count = old.map_or(0, |v| failures_on(v, day)) + 1;
+                let count = old.map_or(0, |v| failures_on(v, day)) + 1;
                 let mut value = day.to_be_bytes().to_vec();
                 value.extend_from_slice(&count.to_be_bytes());
                 Some(value)
             })?;
-        Ok(count)
+        Ok(())
     }
 
     pub fn create_session(&self, session: &Session) -> Result<(), StoreError> {

@@ -22,7 +22,7 @@ use crate::limits::Sometimes;
 use crate::metrics::METRICS;
 
 /// How often a lasting fault is said in the log.
-pub const SAY_EVERY: Duration = Duration::from_secs(10);
+const SAY_EVERY: Duration = Duration::from_secs(10);
 
 pub(super) struct Health {
     faulted: AtomicBool,

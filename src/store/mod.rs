@@ -42,7 +42,7 @@ use std::sync::{Arc, RwLock};
 
 pub use auth::{OtpChallenge, Session};
 pub use forwarding::{Channel, Channels, Job, JobState, NewJobs, Sent, SentWhat};
-pub use health::{Probe, SAY_EVERY};
+pub use health::Probe;
 pub use messages::{ConversationSummary, Page};
 pub use users::{AttachError, User};
 

@@ -998,3 +998,28 @@ pub async fn read_until_closed(
         }
     }
 }
+
+/// Runs the binary with `config` and returns (exit code, stderr).
+pub fn run_with_config(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("--config")
+        .arg(&path)
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The one `error:` line of a failed start.
+pub fn error_line(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line, in {stderr}");
+    errors[0].to_owned()
+}

@@ -30,12 +30,17 @@ fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
         .arg(&cert)
         .output()
         .expect("openssl is installed");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    succeeded(&made);
     (cert, key)
+}
+
+/// Asserts a command exited 0, showing its stderr if not.
+fn succeeded(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn tls_options(cert: &Path, key: &Path) -> Options {
@@ -65,11 +70,7 @@ async fn https_and_mqtt_over_tls_with_curl_and_mosquitto() {
         .args(["-H", &format!("Authorization: Bearer {}", ann.access)])
         .output()
         .unwrap();
-    assert!(
-        curl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&curl.stderr)
-    );
+    succeeded(&curl);
     let me: Value = serde_json::from_slice(&curl.stdout).unwrap();
     assert_eq!(me["user_id"], ann.user_id.as_str());
     // Without the certificate, curl refuses the server (it is no public CA's).
@@ -152,11 +153,7 @@ async fn https_and_mqtt_over_tls_with_curl_and_mosquitto() {
             .args(["-m", &command.to_string()])
             .output()
             .unwrap();
-        assert!(
-            publish.status.success(),
-            "{}",
-            String::from_utf8_lossy(&publish.stderr)
-        );
+        succeeded(&publish);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         if sub.try_wait().unwrap().is_some() {
             break;
@@ -166,11 +163,7 @@ async fn https_and_mqtt_over_tls_with_curl_and_mosquitto() {
         .await
         .unwrap()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&output);
     let event: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         (event["type"].as_str(), event["body"].as_str()),
@@ -181,29 +174,14 @@ async fn https_and_mqtt_over_tls_with_curl_and_mosquitto() {
 #[test]
 fn a_certificate_that_cannot_be_read_is_one_line_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let config = |tls: &str| {
         format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{tls}",
-            data.display()
+            "[http]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{tls}"
         )
     };
     let run = |config: String| {
-        let path = dir.path().join("broker.toml");
-        std::fs::write(&path, config).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        let errors: Vec<String> = stderr
-            .lines()
-            .filter(|l| l.starts_with("error:"))
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(errors.len(), 1, "{stderr}");
-        (output.status.code(), errors[0].clone())
+        let (code, stderr) = run_with_config(&config, &[]);
+        (code, error_line(&stderr))
     };
     let (code, line) = run(config(
         "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
