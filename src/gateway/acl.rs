@@ -16,6 +16,21 @@ pub(super) fn may_publish(user: &UserId, topic: &str) -> bool {
     topics::parse(topic) == Some(Topic::Outbox(*user))
 }
 
+/// Whether `filter` is an MQTT topic filter at all: not empty, `#` only as a whole last level,
+/// `+` only as a whole level, no NUL. A 5.0 client is told 0x8F "topic filter invalid" for
+/// one that is not, rather than the 0x80 of a filter it may not have.
+pub(super) fn is_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.contains('\0') {
+        return false;
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    levels.iter().enumerate().all(|(i, level)| match *level {
+        "#" => i == levels.len() - 1,
+        "+" => true,
+        level => !level.contains(['#', '+']),
+    })
+}
+
 /// The client id the router sees: the user id and the client's own id, so that two users who
 /// both call their phone "phone" never take over each other's session. The router refuses ids
 /// with `+ $ # /`, so those (and `%`) are %-escaped.
@@ -41,6 +56,16 @@ pub(super) fn anonymous_router_id(user: &UserId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_filters() {
+        for good in ["a", "a/b", "+", "#", "a/+/c", "a/#", "+/+", "/", "$SYS/#"] {
+            assert!(is_filter(good), "{good}");
+        }
+        for bad in ["", "a#", "a/#/b", "a+", "++", "a/b+/c", "#/a", "a\0b"] {
+            assert!(!is_filter(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn only_the_own_inbox_and_outbox() {

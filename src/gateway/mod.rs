@@ -12,8 +12,8 @@
 //! - Every connection is bounded: `mqtt.max_connections` in all, `mqtt.max_connections_per_user`
 //!   per user, and sessions kept for `clean_session = false` devices expire.
 //!
-//! Clients come over TCP (`mqtt.listen`) or WebSocket (`mqtt.ws_listen`, path `/mqtt`,
-//! subprotocol `mqtt`); both reach the same checks.
+//! Clients speak MQTT 3.1.1 or 5.0 and come over TCP (`mqtt.listen`) or WebSocket
+//! (`mqtt.ws_listen`, path `/mqtt`, subprotocol `mqtt`), plain or TLS; all reach the same checks.
 //!
 //! Local link per connection rather than a TCP proxy in front of rumqttd's own listener: no
 //! second socket (and no Nagle on a hop we cannot tune), the gateway sees every packet both
@@ -22,6 +22,8 @@
 //! # Layout
 //!
 //! - this file: the accept loops, [`Gateway`], housekeeping, and the drain at shutdown;
+//! - `codec`: MQTT 3.1.1 and 5.0 packets, decoded into one type and encoded in the client's
+//!   version (5.0 reason codes, and two defects of the codecs worked around);
 //! - `wire`: byte framing, and the read and write buffers (small while idle);
 //! - `handshake`: CONNECT, its checks and its CONNACK;
 //! - `admission`: the connection caps;
@@ -36,6 +38,7 @@
 
 mod acl;
 mod admission;
+mod codec;
 mod handshake;
 mod kept;
 mod link;
@@ -313,11 +316,20 @@ impl Gateway {
 }
 
 /// A socket past `mqtt.max_pending_connects`: an MQTT client is told CONNACK 3 "server
-/// unavailable" before it asks (it reads it after its CONNECT), then the socket closes.
+/// unavailable" (5.0: 0x89 "server busy") before it asks, or as soon as it has, then the
+/// socket closes. Its version is known only if its CONNECT has already arrived; 3.1.1 if not.
 fn turn_away(shared: &Shared, stream: TcpStream, transport: Transport) {
     if let Transport::Tcp = transport {
-        // Never blocks: a client that does not read this loses it.
-        let _ = stream.try_write(&[0x20, 0x02, 0x00, 0x03]);
+        // Never blocks: what has not arrived is not waited for, and a client that does not
+        // read this loses it.
+        let mut head = [0u8; 16];
+        let v5 = matches!(stream.try_read(&mut head), Ok(n) if codec::connect_level(&head[..n]) == Some(5));
+        let refusal: &[u8] = if v5 {
+            &[0x20, 0x03, 0x00, 0x89, 0x00]
+        } else {
+            &[0x20, 0x02, 0x00, 0x03]
+        };
+        let _ = stream.try_write(refusal);
     }
     if let Some(held) = shared.turned_away.ready() {
         tracing::warn!(

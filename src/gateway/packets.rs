@@ -6,19 +6,15 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rumqttc::mqttbytes::v4::{
-    Packet as In, PubAck as InPubAck, PubRel, Publish, Subscribe as InSubscribe,
-    Unsubscribe as InUnsubscribe,
-};
-use rumqttc::mqttbytes::QoS as InQoS;
 use rumqttd::protocol::{
     Filter, Packet as Out, PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
     PubRecReason, Publish as OutPublish, QoS, RetainForwardRule, SubAck, Subscribe,
-    SubscribeReasonCode, UnsubAck, Unsubscribe,
+    SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::codec::{ClientPacket as In, Publish, QoS as InQoS, Version};
 use super::session::{End, Session};
 use super::wire::Wire;
 use super::{acl, Shared};
@@ -38,30 +34,54 @@ pub(super) async fn handle<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     to_relay: &mut Vec<Submission>,
 ) -> Result<(), End> {
     match packet {
-        In::Publish(p) => publish(session, shared, wire, p, to_relay).await?,
-        In::PubAck(ack) => puback(session, shared, ack, to_router),
-        In::PubRel(rel) => pubrel(wire, rel),
-        In::Subscribe(_) | In::Unsubscribe(_) if !session.subscriptions.take() => {
-            tracing::info!(user = %session.user(), "too many SUBSCRIBE and UNSUBSCRIBE packets; closing");
-            return Err(End::ProtocolViolation);
+        In::Publish(p) if p.topic_alias => {
+            tracing::info!(user = %session.user(), "MQTT 5.0 topic alias, none offered; closing");
+            return Err(End::TopicAlias);
         }
-        In::Subscribe(s) => subscribe(session, shared, wire, s, to_router),
-        In::Unsubscribe(u) => unsubscribe(session, wire, u, to_router),
+        In::Publish(p) => publish(session, shared, wire, p, to_relay).await?,
+        In::PubAck(pkid) => puback(session, shared, pkid, to_router),
+        In::PubRel(pkid) => pubrel(wire, pkid),
+        In::Subscribe { .. } | In::Unsubscribe { .. } if !session.subscriptions.take() => {
+            tracing::info!(user = %session.user(), "too many SUBSCRIBE and UNSUBSCRIBE packets; closing");
+            return Err(End::TooFast);
+        }
+        In::Subscribe { pkid, filters } => {
+            subscribe(session, shared, wire, pkid, filters, to_router)
+        }
+        In::Unsubscribe { pkid, filters } => unsubscribe(session, wire, pkid, filters, to_router),
         In::PingReq => {
             wire.queue(Out::PingResp(PingResp));
         }
-        In::Disconnect => {
+        In::Disconnect {
+            with_will,
+            session_expiry,
+        } => {
+            if let Some(seconds) = session_expiry {
+                expire_after(session, shared, seconds);
+            }
+            if with_will {
+                return Err(End::ClientDisconnectWithWill);
+            }
             // A goodbye: no will.
             session.will = None;
             return Err(End::ClientDisconnect);
         }
         // We never send QoS 2, so PUBREC and PUBCOMP from a client have nothing to answer.
-        In::PubRec(_) | In::PubComp(_) => {}
-        In::Connect(_) | In::ConnAck(_) | In::SubAck(_) | In::UnsubAck(_) | In::PingResp => {
-            return Err(End::ProtocolViolation)
-        }
+        In::PubRec | In::PubComp => {}
+        In::Connect(_) | In::Unexpected => return Err(End::ProtocolViolation),
     }
     Ok(())
+}
+
+/// A 5.0 DISCONNECT's new Session Expiry Interval (at most `mqtt.session_expiry_secs`). A
+/// session the router was told not to keep stays unkept: setting one where CONNECT had none is
+/// a protocol error the client made, and nothing is lost by not keeping it.
+fn expire_after(session: &mut Session, shared: &Shared, seconds: u32) {
+    if session.link_clean {
+        return;
+    }
+    let asked = std::time::Duration::from_secs(u64::from(seconds));
+    session.keep_for = (!asked.is_zero()).then(|| asked.min(shared.kept.longest()));
 }
 
 /// SUBSCRIBE and UNSUBSCRIBE packets a connection may send: a burst of this many, then one a
@@ -250,51 +270,60 @@ pub(super) fn will(shared: &Shared, from: UserId, payload: &[u8]) -> Option<Subm
 }
 
 /// The device got an event: the router frees its slot, presence notes a delivered message.
-fn puback(session: &mut Session, shared: &Shared, ack: InPubAck, to_router: &mut Vec<Out>) {
-    if let Some(message) = session.deliveries.acknowledged(ack.pkid) {
+fn puback(session: &mut Session, shared: &Shared, pkid: u16, to_router: &mut Vec<Out>) {
+    if let Some(message) = session.deliveries.acknowledged(pkid) {
         shared.presence.acknowledge(&session.user(), &message);
     }
     let ack = PubAck {
-        pkid: ack.pkid,
+        pkid,
         reason: PubAckReason::Success,
     };
     to_router.push(Out::PubAck(ack, None));
 }
 
 /// The second half of a QoS 2 publish: the command went to the relay at PUBLISH already.
-fn pubrel<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(wire: &mut Wire<R, W>, rel: PubRel) {
+fn pubrel<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(wire: &mut Wire<R, W>, pkid: u16) {
     let comp = PubComp {
-        pkid: rel.pkid,
+        pkid,
         reason: PubCompReason::Success,
     };
     wire.queue(Out::PubComp(comp, None));
 }
 
-/// Only the user's own inbox; any other filter gets SUBACK failure 0x80.
+/// Only the user's own inbox; any other filter gets SUBACK failure 0x80 (5.0: 0x80
+/// "unspecified error", or 0x8F "topic filter invalid" for a filter that is not one).
 fn subscribe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     session: &mut Session,
     shared: &Shared,
     wire: &mut Wire<R, W>,
-    subscribe: InSubscribe,
+    pkid: u16,
+    filters: Vec<(String, InQoS)>,
     to_router: &mut Vec<Out>,
 ) {
     let user = session.user();
-    let mut codes = Vec::with_capacity(subscribe.filters.len());
+    let v5 = wire.version() == Version::V5;
+    let mut codes = Vec::with_capacity(filters.len());
     let mut allowed = Vec::new();
-    for filter in subscribe.filters {
-        if !acl::may_subscribe(&user, &filter.path) {
-            tracing::info!(%user, filter = %filter.path, "MQTT subscription refused");
-            codes.push(SubscribeReasonCode::Failure);
+    for (path, asked) in filters {
+        if !acl::may_subscribe(&user, &path) {
+            tracing::info!(%user, filter = %path, "MQTT subscription refused");
+            codes.push(if !v5 {
+                SubscribeReasonCode::Failure
+            } else if acl::is_filter(&path) {
+                SubscribeReasonCode::Unspecified
+            } else {
+                SubscribeReasonCode::TopicFilterInvalid
+            });
             continue;
         }
         // Events are QoS 1 at most.
-        let (qos, code) = match filter.qos {
+        let (qos, code) = match asked {
             InQoS::AtMostOnce => (QoS::AtMostOnce, SubscribeReasonCode::QoS0),
             _ => (QoS::AtLeastOnce, SubscribeReasonCode::QoS1),
         };
         codes.push(code);
         allowed.push(Filter {
-            path: filter.path,
+            path,
             qos,
             nolocal: false,
             preserve_retain: false,
@@ -306,42 +335,51 @@ fn subscribe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             session.subscribed = Some(shared.presence.subscribe(user));
         }
         let subscribe = Subscribe {
-            pkid: subscribe.pkid,
+            pkid,
             filters: allowed,
         };
         to_router.push(Out::Subscribe(subscribe, None));
     }
     let ack = SubAck {
-        pkid: subscribe.pkid,
+        pkid,
         return_codes: codes,
     };
     wire.queue(Out::SubAck(ack, None));
 }
 
-/// Filters that are not the user's inbox were never subscribed: nothing to undo.
+/// Filters that are not the user's inbox were never subscribed: nothing to undo (5.0: reason
+/// 0x11 "no subscription existed" for each).
 fn unsubscribe<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     session: &mut Session,
     wire: &mut Wire<R, W>,
-    unsubscribe: InUnsubscribe,
+    pkid: u16,
+    filters: Vec<String>,
     to_router: &mut Vec<Out>,
 ) {
     let user = session.user();
-    let ours: Vec<String> = unsubscribe
-        .topics
-        .into_iter()
-        .filter(|t| acl::may_subscribe(&user, t))
-        .collect();
+    let was_subscribed = session.subscribed.is_some();
+    let mut reasons = Vec::with_capacity(filters.len());
+    let mut ours = Vec::new();
+    for filter in filters {
+        if acl::may_subscribe(&user, &filter) {
+            reasons.push(if was_subscribed {
+                UnsubAckReason::Success
+            } else {
+                UnsubAckReason::NoSubscriptionExisted
+            });
+            ours.push(filter);
+        } else {
+            reasons.push(UnsubAckReason::NoSubscriptionExisted);
+        }
+    }
     if !ours.is_empty() {
         session.subscribed = None;
         let unsubscribe = Unsubscribe {
-            pkid: unsubscribe.pkid,
+            pkid,
             filters: ours,
         };
         to_router.push(Out::Unsubscribe(unsubscribe, None));
     }
-    let ack = UnsubAck {
-        pkid: unsubscribe.pkid,
-        reasons: Vec::new(),
-    };
+    let ack = UnsubAck { pkid, reasons };
     wire.queue(Out::UnsubAck(ack, None));
 }

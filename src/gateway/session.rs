@@ -3,13 +3,15 @@
 //! a client DISCONNECT, a network error, a keep-alive timeout, a forbidden publish, token expiry,
 //! logout, a takeover by the same client id, or server shutdown. Then the connection leaves the
 //! router, its session is kept if it asked for that, and its will goes out if it did not say
-//! goodbye.
+//! goodbye. A 5.0 client closed by the server is told why first (DISCONNECT with a reason
+//! code, [`End::reason`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rumqttd::protocol::DisconnectReasonCode;
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::RecvError;
@@ -17,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::admission::Ticket;
+use super::codec::DecodeError;
 use super::link::RouterLink;
 use super::presence::{Deliveries, Subscribed};
 use super::takeover::Claim;
@@ -32,11 +35,23 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
     ClientDisconnect,
+    /// A 5.0 DISCONNECT with reason 0x04: a goodbye that asks for the will all the same.
+    ClientDisconnectWithWill,
     ClientGone,
     KeepAliveTimeout,
     /// Half a packet, and the rest did not come within `mqtt.packet_timeout_secs`.
     Stalled,
+    /// A packet that does not decode.
+    Malformed,
+    /// A packet over `MAX_PACKET`.
+    TooLarge,
+    /// A packet the client may not send now (a second CONNECT, a server's packet, AUTH).
     ProtocolViolation,
+    /// A 5.0 topic alias: none is offered.
+    TopicAlias,
+    /// SUBSCRIBE and UNSUBSCRIBE past their rate.
+    TooFast,
+    /// A publish to a topic other than the user's outbox.
     Forbidden,
     Expired,
     LoggedOut,
@@ -52,12 +67,37 @@ impl End {
     fn fires_will(self) -> bool {
         matches!(
             self,
-            End::ClientGone
+            End::ClientDisconnectWithWill
+                | End::ClientGone
                 | End::KeepAliveTimeout
                 | End::Stalled
+                | End::Malformed
+                | End::TooLarge
                 | End::ProtocolViolation
+                | End::TopicAlias
+                | End::TooFast
                 | End::Forbidden
         )
+    }
+
+    /// The 5.0 reason a server-side close gives the client; `None` when the client ended it.
+    pub(super) fn reason(self) -> Option<DisconnectReasonCode> {
+        use DisconnectReasonCode as R;
+        Some(match self {
+            End::ClientDisconnect | End::ClientDisconnectWithWill | End::ClientGone => return None,
+            End::KeepAliveTimeout | End::Stalled => R::KeepAliveTimeout,
+            End::Malformed => R::MalformedPacket,
+            End::TooLarge => R::PacketTooLarge,
+            End::ProtocolViolation => R::ProtocolError,
+            End::TopicAlias => R::TopicAliasInvalid,
+            End::TooFast => R::MessageRateTooHigh,
+            End::Forbidden | End::LoggedOut => R::NotAuthorized,
+            // The access token's time is up: refresh it and connect again.
+            End::Expired => R::MaximumConnectTime,
+            End::Shutdown => R::ServerShuttingDown,
+            End::TakenOver => R::SessionTakenOver,
+            End::Replaced => R::UnspecifiedError,
+        })
     }
 }
 
@@ -68,7 +108,10 @@ pub(super) struct Session {
     pub(super) keep_alive: Option<Duration>,
     /// The will's payload: an outbox command, sent for the user if the connection drops.
     pub(super) will: Option<Bytes>,
-    pub(super) clean_session: bool,
+    /// The router was told to neither resume nor keep this session.
+    pub(super) link_clean: bool,
+    /// How long the session is kept once the connection ends; `None`: not kept.
+    pub(super) keep_for: Option<Duration>,
     pub(super) link: RouterLink,
     /// The router client id is ours while this lives; dropped after leaving the router.
     pub(super) claim: Claim,
@@ -108,6 +151,9 @@ pub(super) async fn serve<R, W>(
         tracing::debug!(%peer, %user, "MQTT connected");
         let end = session.run(&mut wire, &shared, shutdown).await;
         tracing::debug!(%peer, %user, ?end, "MQTT connection closed");
+        if let Some(reason) = end.reason() {
+            wire.goodbye(reason).await;
+        }
     }
     wire.close().await;
 }
@@ -218,7 +264,10 @@ impl Session {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     tracing::debug!(user = %self.user(), error = %e, "malformed MQTT packet");
-                    return Err(End::ProtocolViolation);
+                    return Err(match e {
+                        DecodeError::TooLarge(_) => End::TooLarge,
+                        _ => End::Malformed,
+                    });
                 }
             };
             packets::handle(self, shared, wire, packet, to_router, to_relay).await?;
@@ -268,9 +317,14 @@ impl Session {
         }
         self.subscribed = None;
         let kept_by_router =
-            !self.clean_session && !matches!(end, End::TakenOver | End::Replaced | End::Shutdown);
+            !self.link_clean && !matches!(end, End::TakenOver | End::Replaced | End::Shutdown);
+        // Resumed, but not to be kept: the router drops it once the claim on the id is gone.
+        let mut forget = None;
         if kept_by_router {
-            kept::keep(shared, self.user(), self.claim.router_id());
+            match self.keep_for {
+                Some(keep_for) => kept::keep(shared, self.user(), self.claim.router_id(), keep_for),
+                None => forget = Some(self.claim.router_id().to_owned()),
+            }
         }
         if end.fires_will() {
             if let Some(will) = self.will.take() {
@@ -281,5 +335,8 @@ impl Session {
         }
         drop(self.claim);
         drop(self.ticket);
+        if let Some(router_id) = forget {
+            kept::forget(shared, router_id);
+        }
     }
 }

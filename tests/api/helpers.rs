@@ -892,6 +892,40 @@ impl RawMqtt {
         }
     }
 
+    /// A bare socket to `addr`, for packets written by hand.
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
+    }
+
+    /// Exactly `n` bytes from the server.
+    pub async fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        while self.buf.len() < n {
+            let read = tokio::time::timeout(MQTT_WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("the server answers within MQTT_WAIT");
+            assert!(matches!(read, Ok(r) if r > 0), "closed before {n} bytes");
+        }
+        self.buf.split_to(n).to_vec()
+    }
+
+    /// Every byte the server sends until it closes the connection.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let read = tokio::time::timeout(MQTT_WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("the server closes within MQTT_WAIT");
+            if matches!(read, Ok(0) | Err(_)) {
+                return std::mem::take(&mut self.buf).to_vec();
+            }
+        }
+    }
+
     /// Subscribes at QoS 1 to `filter` without waiting for the SUBACK.
     pub async fn subscribe(&mut self, filter: &str) {
         let mut subscribe = raw::Subscribe::new(filter, rumqttc::mqttbytes::QoS::AtLeastOnce);

@@ -16,6 +16,7 @@ mod login;
 mod memory;
 mod messaging;
 mod mosquitto;
+mod mqtt5;
 mod presence;
 mod sessions;
 mod tls;
