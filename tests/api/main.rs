@@ -18,6 +18,7 @@ mod messaging;
 mod mosquitto;
 mod presence;
 mod sessions;
+mod specs;
 mod tls;
 mod tokens;
 mod websocket;
