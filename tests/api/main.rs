@@ -19,6 +19,7 @@ mod mosquitto;
 mod mqtt5;
 mod presence;
 mod sessions;
+mod specs;
 mod tls;
 mod tokens;
 mod websocket;
