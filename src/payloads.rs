@@ -21,7 +21,21 @@ pub enum Command {
     Read {
         peer: UserId,
         seq: u64,
+        /// Optional: given back in the command's `error` event, if it gets one.
+        client_msg_id: Option<ClientMsgId>,
     },
+}
+
+impl Command {
+    /// The command's `client_msg_id`, for its error event.
+    pub fn client_msg_id(&self) -> Option<String> {
+        match self {
+            Command::Send { client_msg_id, .. } => Some(client_msg_id.as_str().to_owned()),
+            Command::Read { client_msg_id, .. } => {
+                client_msg_id.as_ref().map(|id| id.as_str().to_owned())
+            }
+        }
+    }
 }
 
 /// Why a command was refused: the `error` event's fields.
@@ -121,13 +135,24 @@ impl Command {
                 })
             }
             Some("read") => {
+                let client_msg_id = match fields.get("client_msg_id") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(
+                        ClientMsgId::parse(text("client_msg_id")?)
+                            .map_err(|e| invalid(cmid.clone(), &e.to_string()))?,
+                    ),
+                };
                 let peer = UserId::parse(&text("peer")?)
-                    .map_err(|_| invalid(None, "\"peer\" is not a user id"))?;
+                    .map_err(|_| invalid(cmid.clone(), "\"peer\" is not a user id"))?;
                 let seq = fields
                     .get("seq")
                     .and_then(Value::as_u64)
-                    .ok_or_else(|| invalid(None, "\"seq\" must be a whole number"))?;
-                Ok(Command::Read { peer, seq })
+                    .ok_or_else(|| invalid(cmid.clone(), "\"seq\" must be a whole number"))?;
+                Ok(Command::Read {
+                    peer,
+                    seq,
+                    client_msg_id,
+                })
             }
             Some(other) => Err(invalid(cmid, &format!("unknown command type {other:?}"))),
             None => Err(invalid(cmid, "\"type\" must be \"send\" or \"read\"")),

@@ -86,17 +86,18 @@ proptest! {
                 prop_assert_eq!(body.as_str(), value["body"].as_str().unwrap());
                 prop_assert_eq!(client_msg_id.as_str(), value["client_msg_id"].as_str().unwrap());
             }
-            Ok(Command::Read { peer, seq }) => {
+            Ok(Command::Read { peer, seq, client_msg_id }) => {
                 prop_assert_eq!(value["type"].as_str(), Some("read"));
                 prop_assert_eq!(peer.to_string(), value["peer"].as_str().unwrap());
                 prop_assert_eq!(Some(seq), value["seq"].as_u64());
+                prop_assert_eq!(client_msg_id.as_ref().map(|id| id.as_str()), value["client_msg_id"].as_str());
             }
             Err(error) => {
                 // An error keeps the client_msg_id it could read, so the device can match it.
                 if let (Some(id), ErrorCode::InvalidPayload | ErrorCode::BodyTooLarge | ErrorCode::UnknownRecipient)
                     = (value["client_msg_id"].as_str(), error.code)
                 {
-                    if value["type"] == "send" {
+                    if value["type"] == "send" || value["type"] == "read" {
                         prop_assert_eq!(error.client_msg_id.as_deref(), Some(id));
                     }
                 }

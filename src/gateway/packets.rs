@@ -133,7 +133,10 @@ async fn publish<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     }
     let command = command(shared, user, &publish.payload).and_then(|command| {
         if matches!(command, Command::Read { .. }) && !session.reads.take() {
-            return Err(CommandError::rate_limited(None, READS_REFILL));
+            return Err(CommandError::rate_limited(
+                command.client_msg_id(),
+                READS_REFILL,
+            ));
         }
         Ok(command)
     });

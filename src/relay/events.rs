@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rumqttd::local::LinkTx;
 use rumqttd::protocol::{Packet, Publish};
 
-use crate::domain::{Message, UserId};
+use crate::domain::{ClientMsgId, Message, UserId};
 use crate::payloads::{self, CommandError};
 
 /// What to tell whom once the batch is durable.
@@ -25,6 +25,8 @@ pub(super) enum Reply {
         reader: UserId,
         peer: UserId,
         seq: u64,
+        /// The command's, for its `unavailable` error if the batch cannot be stored.
+        client_msg_id: Option<ClientMsgId>,
     },
     Error(UserId, CommandError),
 }
@@ -68,7 +70,9 @@ impl Events {
                 Reply::Stored(original) => {
                     push(&original.from, payloads::message_event(&original).into())
                 }
-                Reply::Read { reader, peer, seq } => {
+                Reply::Read {
+                    reader, peer, seq, ..
+                } => {
                     // To the peer (read receipts) and to the reader's other devices (the
                     // conversation is read there too).
                     let event: Bytes = payloads::read_event(&reader, &peer, seq).into();
@@ -114,7 +118,14 @@ pub(super) fn unavailable(fresh: &[Message], replies: Vec<Reply>) -> Vec<Reply> 
                 let cmid = message.client_msg_id.as_str().to_owned();
                 Reply::Error(message.from, super::unavailable(Some(cmid)))
             }
-            Reply::Read { reader, .. } => Reply::Error(reader, super::unavailable(None)),
+            Reply::Read {
+                reader,
+                client_msg_id,
+                ..
+            } => Reply::Error(
+                reader,
+                super::unavailable(client_msg_id.map(|id| id.as_str().to_owned())),
+            ),
             other => other,
         })
         .collect()

@@ -206,16 +206,24 @@ impl Relay {
                     }
                 }
             }
-            Command::Read { peer, seq } => match self.store.mark_read(&from, &peer, seq) {
+            Command::Read {
+                peer,
+                seq,
+                client_msg_id,
+            } => match self.store.mark_read(&from, &peer, seq) {
                 Ok(Some(seq)) => Reply::Read {
                     reader: from,
                     peer,
                     seq,
+                    client_msg_id,
                 },
                 Ok(None) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "relay: moving a read marker");
-                    Reply::Error(from, unavailable(None))
+                    Reply::Error(
+                        from,
+                        unavailable(client_msg_id.map(|id| id.as_str().to_owned())),
+                    )
                 }
             },
         };
@@ -302,11 +310,10 @@ fn forwarding_jobs(store: &Store, forwarding: &Forwarding, messages: &[Message])
 
 /// A command's `unavailable` error, given without looking at the store.
 fn refusal(submission: &Submission) -> Reply {
-    let client_msg_id = match &submission.command {
-        Command::Send { client_msg_id, .. } => Some(client_msg_id.as_str().to_owned()),
-        Command::Read { .. } => None,
-    };
-    Reply::Error(submission.from, unavailable(client_msg_id))
+    Reply::Error(
+        submission.from,
+        unavailable(submission.command.client_msg_id()),
+    )
 }
 
 /// The error a sender gets when the store cannot take its command.
