@@ -20,4 +20,5 @@ mod presence;
 mod sessions;
 mod tls;
 mod tokens;
+mod walkthrough;
 mod websocket;
