@@ -3,6 +3,7 @@
 
 mod accounts;
 mod acl;
+mod clients;
 mod conversations;
 mod durability;
 mod forwarding;
