@@ -61,8 +61,8 @@ fn assert_port_free(port: u16, what: &str) {
     assert!(
         !listening && bindable,
         "the README walk-through needs port {port} ({what}) free, as on a fresh machine, and it \
-         is in use: stop what listens there (`ss -ltnp 'sport = :{port}'` names it) and run the \
-         test again"
+         is in use: stop what listens there (`ss -ltnp 'sport = :{port}'` names it; a system \
+         Mosquitto on 1883: `sudo systemctl disable --now mosquitto`) and run the test again"
     );
 }
 
