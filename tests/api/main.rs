@@ -3,6 +3,7 @@
 
 mod accounts;
 mod acl;
+mod clients;
 mod conversations;
 mod durability;
 mod forwarding;
@@ -22,4 +23,5 @@ mod sessions;
 mod specs;
 mod tls;
 mod tokens;
+mod walkthrough;
 mod websocket;
