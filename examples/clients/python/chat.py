@@ -5,6 +5,8 @@ follows: the repository's README.md (HTTP) and topics.md (MQTT)."""
 import json, os, sys, threading, time, uuid
 import urllib.error, urllib.parse, urllib.request
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 API = os.environ.get("CHAT_API", "http://127.0.0.1:8080")
 BROKER = urllib.parse.urlsplit(os.environ.get("CHAT_MQTT", "mqtt://127.0.0.1:1883"))
@@ -64,9 +66,10 @@ while True:
         time.sleep(2)
 print("peer", PEER_PHONE, "is", peer)
 
-# 3. MQTT: username = user id, password = access token. clean_session=False: the server keeps
+# 3. MQTT 5.0 (3.1.1 works the same: the JavaScript example uses it): username = user id,
+#    password = access token. Clean Start 0 and a Session Expiry Interval: the server keeps
 #    events for this device while it is briefly away (history covers anything longer).
-client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, state["client_id"], clean_session=False)
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, state["client_id"], protocol=mqtt.MQTTv5)
 pending = {}  # client_msg_id -> command: sends whose event has not come yet
 read = {"from_peer": 0, "sent": 0}  # the peer's newest message shown; the read marker we sent
 
@@ -104,7 +107,7 @@ def catch_up():
     mark_read()
 
 def on_connect(client, userdata, flags, reason, properties):
-    if reason.is_failure:  # "not authorized": the token expired or was revoked
+    if reason.is_failure:  # 0x87 "not authorized": the token expired or was revoked
         print("refused:", reason)
         auth["refresh_at"] = 0  # refresh now; then connect again with the new token
     else:
@@ -132,7 +135,10 @@ def on_message(client, userdata, msg):
 
 def connect():
     client.username_pw_set(me, auth["access_token"])
-    client.connect(BROKER.hostname, BROKER.port or 1883, keepalive=30)
+    session = Properties(PacketTypes.CONNECT)
+    session.SessionExpiryInterval = 3600  # kept an hour at most (the server may grant less)
+    client.connect(BROKER.hostname, BROKER.port or 1883, keepalive=30, clean_start=False,
+                   properties=session)
     client.loop_start()  # paho's network thread: runs the callbacks, reconnects after a drop
 
 def keep_token_fresh():
