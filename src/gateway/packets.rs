@@ -247,10 +247,11 @@ pub(super) async fn submit(shared: &Shared, to_relay: &mut Vec<Submission>) -> R
 /// user's sends per minute before anything is queued.
 fn command(shared: &Shared, from: UserId, payload: &[u8]) -> Result<Command, CommandError> {
     let command = Command::parse(payload)?;
-    if let Command::Send { client_msg_id, .. } = &command {
-        shared.sends.try_acquire(&from).map_err(|wait| {
-            CommandError::rate_limited(Some(client_msg_id.as_str().to_owned()), wait)
-        })?;
+    if matches!(command, Command::Send { .. }) {
+        shared
+            .sends
+            .try_acquire(&from)
+            .map_err(|wait| CommandError::rate_limited(command.client_msg_id(), wait))?;
     }
     Ok(command)
 }

@@ -496,6 +496,12 @@ from = "{TWILIO_FROM}"
 
     /// The code in the newest console email to `to` (the email provider is `console` unless
     /// the test asked for SMTP), waiting for email number `n` to it.
+    /// How many emails the console provider has logged to `to`.
+    pub fn email_count(&self, to: &str) -> usize {
+        let needle = format!("email to {to}:");
+        self.log().lines().filter(|l| l.contains(&needle)).count()
+    }
+
     pub async fn email_code(&self, to: &str, n: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -657,6 +663,17 @@ impl Answer {
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS, SubscribeReasonCode,
 };
+
+/// `program` (e.g. `["mosquitto_pub"]`, or `["stdbuf", "-oL", "mosquitto_sub"]`) with the
+/// options to reach `addr` as `user` at QoS 1.
+pub fn mosquitto(program: &[&str], addr: SocketAddr, user: &Tokens) -> Command {
+    let mut command = Command::new(program[0]);
+    command
+        .args(&program[1..])
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-u", &user.user_id, "-P", &user.access, "-q", "1"]);
+    command
+}
 
 /// A real MQTT client (rumqttc) whose incoming packets are collected for the test.
 pub struct Mqtt {
@@ -874,11 +891,7 @@ impl RawMqtt {
         password: &str,
         clean_session: bool,
     ) -> (Self, raw::ConnectReturnCode, bool) {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut mqtt = Self {
-            stream,
-            buf: bytes::BytesMut::new(),
-        };
+        let mut mqtt = Self::open(addr).await;
         let mut connect = raw::Connect::new(client_id);
         connect.keep_alive = 0;
         connect.clean_session = clean_session;

@@ -8,21 +8,6 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-/// `program` (e.g. `["mosquitto_pub"]`) with the connection options for `user`.
-fn mosquitto(program: &[&str], app: &TestApp, user: &Tokens) -> Command {
-    let mut command = Command::new(program[0]);
-    command
-        .args(&program[1..])
-        .args([
-            "-h",
-            &app.mqtt.ip().to_string(),
-            "-p",
-            &app.mqtt.port().to_string(),
-        ])
-        .args(["-u", &user.user_id, "-P", &user.access, "-q", "1"]);
-    command
-}
-
 #[tokio::test]
 async fn mosquitto_pub_to_mosquitto_sub() {
     let app = TestApp::spawn().await;
@@ -32,7 +17,7 @@ async fn mosquitto_pub_to_mosquitto_sub() {
     // Bob listens for one event (at most 10 s); -d also prints the protocol exchange, so the
     // test can wait for the SUBACK, and the event is the line that is JSON. stdbuf makes it
     // write line by line into the pipe rather than all at exit.
-    let mut sub = mosquitto(&["stdbuf", "-oL", "mosquitto_sub"], &app, &bob)
+    let mut sub = mosquitto(&["stdbuf", "-oL", "mosquitto_sub"], app.mqtt, &bob)
         .args([
             "-d",
             "-i",
@@ -62,7 +47,7 @@ async fn mosquitto_pub_to_mosquitto_sub() {
     {}
 
     let command = json!({"type": "send", "to": bob.user_id, "body": "hello from mosquitto", "client_msg_id": "m-1"});
-    let status = mosquitto(&["mosquitto_pub"], &app, &ann)
+    let status = mosquitto(&["mosquitto_pub"], app.mqtt, &ann)
         .args([
             "-i",
             "ann-phone",
@@ -100,7 +85,7 @@ async fn mosquitto_with_a_bad_token_is_told_not_authorised() {
     let app = TestApp::spawn().await;
     let mut ann = app.login("+14155550101").await;
     ann.access = "forged".into();
-    let output = mosquitto(&["mosquitto_sub"], &app, &ann)
+    let output = mosquitto(&["mosquitto_sub"], app.mqtt, &ann)
         .args([
             "-t",
             &format!("users/{}/inbox", ann.user_id),

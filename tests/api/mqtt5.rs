@@ -510,15 +510,10 @@ async fn protocol_levels_other_than_4_and_5_get_unacceptable_protocol_version() 
     }
 }
 
-/// `program` with the 5.0 connection options for `user`.
+/// `program` speaking MQTT 5.0 to `app` as `user`.
 fn mosquitto_v5(program: &[&str], app: &TestApp, user: &Tokens) -> Command {
-    let mut command = Command::new(program[0]);
-    command
-        .args(&program[1..])
-        .args(["-V", "mqttv5"])
-        .args(["-h", &app.mqtt.ip().to_string()])
-        .args(["-p", &app.mqtt.port().to_string()])
-        .args(["-u", &user.user_id, "-P", &user.access, "-q", "1"]);
+    let mut command = mosquitto(program, app.mqtt, user);
+    command.args(["-V", "mqttv5"]);
     command
 }
 

@@ -449,7 +449,7 @@ impl OpenApi {
         token: Option<&str>,
         email: &str,
     ) -> String {
-        let before = emails_to(app, email);
+        let before = app.email_count(email);
         self.post(app, path, token, json!({"email": email}))
             .await
             .assert_status(202);
@@ -473,12 +473,6 @@ impl OpenApi {
         }
         unseen
     }
-}
-
-/// How many emails the console provider has logged to `email`.
-fn emails_to(app: &TestApp, email: &str) -> usize {
-    let needle = format!("email to {email}:");
-    app.log().lines().filter(|l| l.contains(&needle)).count()
 }
 
 /// A code that is not `code`.

@@ -109,24 +109,12 @@ async fn https_and_mqtt_over_tls_with_curl_and_mosquitto() {
     assert!(answer.contains("sec-websocket-protocol: mqtt"), "{answer}");
 
     // MQTT over TLS: Ann listens with mosquitto_sub, Bob sends with mosquitto_pub.
-    let mqtt_args = |user: &Tokens| {
-        vec![
-            "-h".to_owned(),
-            "127.0.0.1".to_owned(),
-            "-p".to_owned(),
-            mqtts.port().to_string(),
-            "--cafile".to_owned(),
-            cert.display().to_string(),
-            "-u".to_owned(),
-            user.user_id.clone(),
-            "-P".to_owned(),
-            user.access.clone(),
-            "-q".to_owned(),
-            "1".to_owned(),
-        ]
+    let over_tls = |program: &str, user: &Tokens| {
+        let mut command = mosquitto(&[program], mqtts, user);
+        command.arg("--cafile").arg(&cert);
+        command
     };
-    let mut sub = Command::new("mosquitto_sub")
-        .args(mqtt_args(&ann))
+    let mut sub = over_tls("mosquitto_sub", &ann)
         .args([
             "-i",
             "ann-phone",
@@ -142,8 +130,7 @@ async fn https_and_mqtt_over_tls_with_curl_and_mosquitto() {
     // has one and exits.
     for i in 0..30 {
         let command = json!({"type": "send", "to": ann.user_id, "body": "over TLS", "client_msg_id": format!("t-{i}")});
-        let publish = Command::new("mosquitto_pub")
-            .args(mqtt_args(&bob))
+        let publish = over_tls("mosquitto_pub", &bob)
             .args([
                 "-i",
                 "bob-phone",
