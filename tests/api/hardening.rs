@@ -239,9 +239,12 @@ async fn a_flood_of_refused_commands_costs_the_flooder_alone() {
             let deadline = Instant::now() + Duration::from_secs(6);
             let mut sent = 0;
             while Instant::now() < deadline {
-                let write = tokio::time::timeout(Duration::from_secs(1), raw.write(&chunk));
-                if write.await.is_err() {
-                    continue; // held back: the server reads her no faster than it can
+                // Held back while the server reads her no faster than it can (the connection
+                // that never reads is held for good). A write cut short leaves half a packet,
+                // and a next chunk would make the stream malformed, so it is her last.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, raw.write(&chunk)).await.is_err() {
+                    break;
                 }
                 sent += 2_000;
             }
